@@ -1,0 +1,1 @@
+"""The runner: a grpc.aio service that executes runs in worker processes."""

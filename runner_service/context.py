@@ -1,0 +1,69 @@
+"""The JobContext a job sees inside its worker process.
+
+A job is a plain function ``run(params: dict, ctx: JobContext) -> dict``. Through
+the context it reports progress and log lines, sees whether its run was
+cancelled, and reads its deadline. It runs in a worker process, so it may use the
+CPU freely; a job that never checks for cancellation is stopped by killing its
+worker after the cancel grace period.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class JobCancelled(Exception):
+    """Raised by JobContext.check_cancelled() (and sleep()) once the run is cancelled.
+    A job lets it propagate; the runner turns it into the run's final state."""
+
+
+class JobContext:
+    def __init__(self, run_id: str, token: int, send, cancel_flag, deadline: float | None) -> None:
+        self.run_id = run_id
+        self._token = token
+        self._send = send
+        self._flag = cancel_flag
+        self._deadline = deadline  # wall-clock seconds since the epoch, or None
+
+    # ---- cancellation and deadline
+    def is_cancelled(self) -> bool:
+        """True once the run was cancelled (by a client, its deadline or shutdown)."""
+        return self._flag.value == self._token
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled if the run was cancelled; call it at least once per tick."""
+        if self._flag.value == self._token:
+            raise JobCancelled(self.run_id)
+
+    @property
+    def deadline(self) -> float | None:
+        """The run's deadline as seconds since the epoch (UTC), or None."""
+        return self._deadline
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the run's deadline (0 once passed), or None."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.time())
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, waking early with JobCancelled if the run is cancelled meanwhile."""
+        end = time.monotonic() + seconds
+        while True:
+            self.check_cancelled()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.005))
+
+    # ---- reporting
+    def progress(self, done: int, total: int = 0, message: str = "") -> None:
+        """Report cumulative progress (not a delta). Cheap; call it as often as useful."""
+        self._send(("progress", self._token, int(done), int(total), str(message)))
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self._send(("log", self._token, str(level), str(message)))
+
+    def heartbeat(self, details: Any = None) -> None:
+        """Tell the runner the job is alive (progress and log calls count too)."""
+        self._send(("heartbeat", self._token))

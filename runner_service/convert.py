@@ -1,0 +1,171 @@
+"""Conversions between protobuf messages and the runner's records (pure)."""
+from __future__ import annotations
+
+import base64
+import json
+
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.rpc import status_pb2
+
+from protos.runner.v1 import runner_pb2 as pb
+from runner_service.runs import RunState
+from runner_service.store import Cursor, RunRecord, StoredEvent
+
+
+def timestamp(us: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMicroseconds(us)
+    return ts
+
+
+def run_to_proto(record: RunRecord) -> pb.Run:
+    run = pb.Run(
+        run_id=record.run_id,
+        state=int(record.state),
+        attempt=record.attempt,
+        cancel_requested=record.cancel_requested,
+        request_id=record.request_id or "",
+        labels=record.labels,
+        replica=record.replica,
+        kind=record.kind,
+    )
+    run.spec.ParseFromString(record.spec)
+    progress = run.progress
+    progress.done = record.progress_done
+    progress.total = record.progress_total
+    progress.message = record.progress_message
+    if record.progress_total > 0:
+        progress.fraction = min(1.0, record.progress_done / record.progress_total)
+    elif record.state == RunState.SUCCEEDED:
+        progress.fraction = 1.0
+    run.create_time.FromMicroseconds(record.create_us)
+    run.update_time.FromMicroseconds(record.update_us)
+    if record.start_us is not None:
+        run.start_time.FromMicroseconds(record.start_us)
+    if record.end_us is not None:
+        run.end_time.FromMicroseconds(record.end_us)
+    if record.timeout_ms is not None:
+        run.timeout.FromMilliseconds(record.timeout_ms)
+    if record.result is not None:
+        run.result.ParseFromString(record.result)
+    if record.error is not None:
+        run.error.ParseFromString(record.error)
+    return run
+
+
+def event_to_stored(event: pb.RunEvent) -> StoredEvent:
+    return StoredEvent(
+        run_id=event.run_id,
+        seq=event.seq,
+        time_us=event.time.ToMicroseconds(),
+        kind=_EVENT_KINDS[event.WhichOneof("event")],
+        payload=event.SerializeToString(),
+    )
+
+
+_EVENT_KINDS = {"state_change": "state", "progress": "progress", "log": "log", "result": "result"}
+
+
+def stored_to_event(stored: StoredEvent) -> pb.RunEvent:
+    return pb.RunEvent.FromString(stored.payload)
+
+
+def state_event(
+    run_id: str, seq: int, time_us: int, state: RunState, previous: RunState | None,
+    reason: str = "", error: status_pb2.Status | None = None,
+) -> pb.RunEvent:
+    event = pb.RunEvent(run_id=run_id, seq=seq)
+    event.time.FromMicroseconds(time_us)
+    change = event.state_change
+    change.state = int(state)
+    if previous is not None:
+        change.previous = int(previous)
+    change.reason = reason
+    if error is not None:
+        change.error.CopyFrom(error)
+    return event
+
+
+# ------------------------------------------------------------ job parameters
+
+
+def _value(field: FieldDescriptor, value):
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        full_name = field.message_type.full_name
+        if full_name == "google.protobuf.Duration":
+            return value.ToNanoseconds() / 1e9
+        if full_name == "google.protobuf.Timestamp":
+            return value.ToMicroseconds() / 1e6
+        if full_name in ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"):
+            return json_format.MessageToDict(value)
+        return job_params(value)
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        enum_value = field.enum_type.values_by_number.get(value)
+        return enum_value.name if enum_value is not None else value
+    return value
+
+
+def job_params(message) -> dict:
+    """A job's parameters from its spec message: plain JSON-able values, with
+    Durations as float seconds, enums as names, Structs as dicts. Fields left at
+    their default are included with that default."""
+    out = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated and not message.HasField(field.name):
+            continue
+        if field.is_repeated:
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                value_field = field.message_type.fields_by_name["value"]
+                out[field.name] = {k: _value(value_field, v) for k, v in value.items()}
+            else:
+                out[field.name] = [_value(field, v) for v in value]
+        else:
+            out[field.name] = _value(field, value)
+    return out
+
+
+def spec_params(spec: pb.RunSpec) -> dict:
+    which = spec.WhichOneof("kind")
+    member = getattr(spec, which)
+    if which == "plugin":
+        return json_format.MessageToDict(member.parameters)
+    return job_params(member)
+
+
+def result_struct(result) -> struct_pb2.Struct:
+    """A job's return value as a Struct: a dict as it is, anything else as {"value": ...}.
+    Raises ValueError/TypeError when it is not JSON-able."""
+    struct = struct_pb2.Struct()
+    if result is None:
+        return struct
+    if not isinstance(result, dict):
+        result = {"value": result}
+    struct.update(result)
+    return struct
+
+
+# ------------------------------------------------------------ page tokens
+
+
+def encode_page_token(cursor: Cursor) -> str:
+    raw = json.dumps([cursor.create_us, cursor.run_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> Cursor:
+    """Raises ValueError for a token this service did not issue."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        create_us, run_id = json.loads(raw)
+        if not isinstance(create_us, int) or not isinstance(run_id, str):
+            raise ValueError
+    except Exception:
+        raise ValueError("page_token is not a token returned by ListRuns") from None
+    return Cursor(create_us, run_id)
+
+
+def duration_ms(duration: duration_pb2.Duration) -> int:
+    return duration.ToMilliseconds()

@@ -1,0 +1,178 @@
+"""Per-run event fan-out: sequence numbers, bounded per-watcher queues, progress conflation.
+
+Every watcher has its own queue. Consecutive progress events conflate (a lagging
+watcher gets the latest progress, not a backlog); state changes, logs and results
+are never dropped: a watcher with more than `max_pending` of them undelivered is
+ended (it may resume with after_seq). Publishing never waits on a watcher.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Iterable
+
+from protos.runner.v1 import runner_pb2 as pb
+
+
+def is_progress(event: pb.RunEvent) -> bool:
+    return event.WhichOneof("event") == "progress"
+
+
+class Subscription:
+    """One watcher's queue. Items come out in seq order."""
+
+    __slots__ = ("_items", "_waiter", "_pending_important", "_max_pending", "overflowed", "closed", "last_seq")
+
+    def __init__(self, max_pending: int) -> None:
+        self._items: collections.deque[pb.RunEvent] = collections.deque()
+        self._waiter: asyncio.Future | None = None
+        self._pending_important = 0
+        self._max_pending = max_pending
+        self.overflowed = False
+        self.closed = False  # no more events will come (terminal published or channel dropped)
+        self.last_seq = 0  # highest seq handed to the watcher
+
+    def push(self, event: pb.RunEvent) -> None:
+        if self.overflowed:
+            return
+        if is_progress(event):
+            if self._items and is_progress(self._items[-1]):
+                self._items[-1] = event  # conflate: the newer progress supersedes
+            else:
+                self._items.append(event)
+        else:
+            if self._pending_important >= self._max_pending:
+                self.overflowed = True
+                self._items.clear()
+            else:
+                self._pending_important += 1
+                self._items.append(event)
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self) -> pb.RunEvent | None:
+        """The next event, or None once the stream is over. Raises OverflowError
+        when the watcher fell too far behind."""
+        while True:
+            if self.overflowed:
+                raise OverflowError(self.last_seq)
+            if self._items:
+                event = self._items.popleft()
+                if not is_progress(event):
+                    self._pending_important -= 1
+                if event.seq <= self.last_seq:
+                    continue  # already delivered from the replay
+                self.last_seq = event.seq
+                return event
+            if self.closed:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+
+class RunChannel:
+    """The live event stream of one run owned by this process.
+
+    Holds what a late watcher needs to catch up without gaps: `persisted_seq` (all
+    non-progress events up to it are committed) and the events after it that are
+    not yet committed, plus the latest progress."""
+
+    def __init__(self, run_id: str, last_seq: int, max_pending: int) -> None:
+        self.run_id = run_id
+        self.last_seq = last_seq
+        self.persisted_seq = last_seq
+        self._unpersisted: collections.deque[pb.RunEvent] = collections.deque()
+        self.latest_progress: pb.RunEvent | None = None
+        self._subs: set[Subscription] = set()
+        self._max_pending = max_pending
+        self.closed = False
+
+    def next_seq(self) -> int:
+        self.last_seq += 1
+        return self.last_seq
+
+    def publish(self, event: pb.RunEvent) -> None:
+        """Hand an event (with its seq already assigned) to every watcher."""
+        if is_progress(event):
+            self.latest_progress = event
+        else:
+            self._unpersisted.append(event)
+        for sub in self._subs:
+            sub.push(event)
+
+    def mark_persisted(self, seq: int) -> None:
+        if seq > self.persisted_seq:
+            self.persisted_seq = seq
+        while self._unpersisted and self._unpersisted[0].seq <= self.persisted_seq:
+            self._unpersisted.popleft()
+
+    def subscribe(self, after_seq: int) -> tuple[int, list[pb.RunEvent], Subscription]:
+        """Register a watcher. Returns (persisted_seq, events not yet committed that
+        follow after_seq, subscription for what comes next). The caller replays the
+        store up to persisted_seq, then the returned events, then the subscription."""
+        sub = Subscription(self._max_pending)
+        floor = max(after_seq, self.persisted_seq)
+        tail = [ev for ev in self._unpersisted if ev.seq > floor]
+        progress = self.latest_progress
+        if progress is not None and progress.seq > floor:
+            # Not committed yet (progress is written behind): replay it from memory.
+            tail.append(progress)
+            tail.sort(key=lambda ev: ev.seq)
+        if self.closed:
+            sub.close()
+        else:
+            self._subs.add(sub)
+        return self.persisted_seq, tail, sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    def close(self) -> None:
+        """The run is over (its terminal event was published): end every watcher."""
+        self.closed = True
+        for sub in self._subs:
+            sub.close()
+        self._subs.clear()
+
+    @property
+    def watchers(self) -> int:
+        return len(self._subs)
+
+
+class Hub:
+    """The live channels of runs owned by this process, by run id."""
+
+    def __init__(self, max_pending: int) -> None:
+        self._channels: dict[str, RunChannel] = {}
+        self._max_pending = max_pending
+
+    def open(self, run_id: str, last_seq: int) -> RunChannel:
+        channel = RunChannel(run_id, last_seq, self._max_pending)
+        self._channels[run_id] = channel
+        return channel
+
+    def get(self, run_id: str) -> RunChannel | None:
+        return self._channels.get(run_id)
+
+    def drop(self, run_id: str) -> None:
+        channel = self._channels.pop(run_id, None)
+        if channel is not None:
+            channel.close()
+
+    def channels(self) -> Iterable[RunChannel]:
+        return list(self._channels.values())
+
+    @property
+    def watchers(self) -> int:
+        return sum(ch.watchers for ch in self._channels.values())

@@ -1,0 +1,519 @@
+"""Starts runs on workers and owns their lives: admission, cancellation, deadlines,
+progress, and the final state.
+
+Every run owned by this process is a LiveRun from submission until its terminal
+event is committed. Whoever wants a run stopped records a CancelReason first; the
+single _finish() turns the reason into the final state and persists it.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import uuid
+from typing import AsyncIterator
+
+from google.rpc import code_pb2, status_pb2
+
+from protos.runner.v1 import runner_pb2 as pb
+from runner_service import convert, errors, jobs
+from runner_service.progress import Hub, RunChannel
+from runner_service.runs import CancelReason, RunState, kind_of
+from runner_service.store import RunRecord, Store, StoreError, now_us
+from runner_service.workers import Worker, WorkerPool
+
+log = logging.getLogger(__name__)
+
+PROGRESS_FLUSH_S = 0.1
+REPLAY_PAGE = 500
+
+_FINAL_CODES = {
+    RunState.CANCELLED: code_pb2.CANCELLED,
+    RunState.DEADLINE_EXCEEDED: code_pb2.DEADLINE_EXCEEDED,
+    RunState.INTERRUPTED: code_pb2.ABORTED,
+    RunState.FAILED: code_pb2.UNKNOWN,
+}
+_FINAL_REASONS = {
+    RunState.CANCELLED: "CANCELLED",
+    RunState.DEADLINE_EXCEEDED: "RUN_DEADLINE_EXCEEDED",
+    RunState.INTERRUPTED: "INTERRUPTED",
+    RunState.FAILED: "JOB_FAILED",
+}
+
+
+def final_error(state: RunState, message: str, reason: str | None = None) -> status_pb2.Status:
+    return errors.error_status(message, reason or _FINAL_REASONS[state], _FINAL_CODES[state])
+
+
+class LiveRun:
+    __slots__ = (
+        "record", "spec", "channel", "cancel_reason", "worker", "token", "deadline_handle",
+        "kill_handle", "pending_progress", "done", "finishing",
+    )
+
+    def __init__(self, record: RunRecord, spec: pb.RunSpec, channel: RunChannel, done: asyncio.Future) -> None:
+        self.record = record
+        self.spec = spec
+        self.channel = channel
+        self.cancel_reason: CancelReason | None = None
+        self.worker: Worker | None = None
+        self.token = 0
+        self.deadline_handle: asyncio.TimerHandle | None = None
+        self.kill_handle: asyncio.TimerHandle | None = None
+        self.pending_progress: pb.RunEvent | None = None  # published, not yet written
+        self.done = done  # resolved with the final state once it is committed
+        self.finishing = False
+
+
+class Scheduler:
+    def __init__(self, settings, store: Store, hub: Hub, job_targets: dict[str, str] | None = None) -> None:
+        self._settings = settings
+        self._store = store
+        self._hub = hub
+        self.job_targets = job_targets if job_targets is not None else jobs.discover()
+        self.pool = WorkerPool(settings.workers, self.job_targets, self._on_message, self._on_worker_exit)
+        self.pool.on_idle = self._dispatch
+        self._queue: collections.deque[LiveRun] = collections.deque()
+        self._live: dict[str, LiveRun] = {}
+        self._by_token: dict[int, LiveRun] = {}
+        self._by_request_id: dict[str, LiveRun] = {}
+        self._reserved = 0
+        self._tokens = itertools.count(1)
+        self._dirty: set[LiveRun] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._flusher: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.draining = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        interrupted, queued = await self._store.recover(self._settings.replica, self._interrupted_on_restart)
+        if interrupted:
+            log.warning("runs interrupted by a previous process marked INTERRUPTED", extra={"runs": len(interrupted)})
+        for record in queued:
+            self._adopt(record)
+        await self.pool.start()
+        self._flusher = self._loop.create_task(self._flush_progress_forever(), name="progress-flusher")
+        self._flusher.add_done_callback(self._supervise)
+        self._dispatch()
+
+    def _interrupted_on_restart(self, record: RunRecord):
+        now = now_us()
+        error = final_error(RunState.INTERRUPTED, "the runner process stopped while the run was running")
+        event = convert.state_event(
+            record.run_id, record.last_seq + 1, now, RunState.INTERRUPTED, RunState.RUNNING, "runner restarted", error
+        )
+        return convert.event_to_stored(event), error.SerializeToString()
+
+    def _supervise(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("background task died", exc_info=task.exception(), extra={"task": task.get_name()})
+
+    async def shutdown(self, shutdown_grace_s: float) -> None:
+        """Stop taking work, give running runs shutdown_grace_s to finish, then
+        cancel them (stored INTERRUPTED). Queued runs stay QUEUED in the store
+        and are taken again at the next start. Idempotent."""
+        self.draining = True
+        running = [live.done for live in self._live.values() if live.worker is not None]
+        if running:
+            await asyncio.wait(running, timeout=shutdown_grace_s)
+        for live in list(self._live.values()):
+            if live.worker is not None and not live.finishing:
+                self._request_cancel(live, CancelReason.SHUTDOWN, grace_s=min(1.0, self._settings.cancel_grace_s))
+        pending = [live.done for live in self._live.values() if live.finishing or live.worker is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=self._settings.cancel_grace_s + 2.0)
+        for live in list(self._queue):
+            self._release_live(live)
+        self._queue.clear()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                pass
+        self._flush_progress()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+        await self.pool.stop()
+
+    # ------------------------------------------------------------ admission
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return sum(1 for live in self._live.values() if live.worker is not None)
+
+    async def submit(self, request: pb.SubmitRunRequest) -> tuple[RunRecord, bool]:
+        """Admit and durably store a run; returns (run, created). Raises Draining,
+        QueueFull, or StoreError. A known request_id returns the existing run."""
+        if self.draining:
+            raise errors.Draining()
+        rid = request.request_id or None
+        if rid is not None and rid in self._by_request_id:
+            return self._by_request_id[rid].record, False
+        waiting = len(self._queue) + self._reserved
+        if waiting >= self._settings.max_queued + self.pool.idle_count:
+            raise errors.QueueFull(waiting)
+        now = now_us()
+        record = RunRecord(
+            run_id=uuid.uuid4().hex,
+            kind=kind_of(request.spec),
+            spec=request.spec.SerializeToString(),
+            state=RunState.QUEUED,
+            create_us=now,
+            update_us=now,
+            request_id=rid,
+            labels=dict(request.labels),
+            timeout_ms=request.timeout.ToMilliseconds() if request.HasField("timeout") else None,
+            replica=self._settings.replica,
+            last_seq=1,
+        )
+        first = convert.state_event(record.run_id, 1, now, RunState.QUEUED, None, "submitted")
+        self._reserved += 1
+        # The commit and the enqueueing that follows it must happen even if the
+        # caller goes away meanwhile: they run in their own task.
+        task = self._loop.create_task(self._store_and_enqueue(record, request.spec, first))
+        return await asyncio.shield(task)
+
+    async def _store_and_enqueue(self, record: RunRecord, spec: pb.RunSpec, first: pb.RunEvent):
+        try:
+            stored, created = await self._store.submit(record, convert.event_to_stored(first))
+        finally:
+            self._reserved -= 1
+        if created:
+            self._adopt(stored, spec)
+            self._dispatch()
+        return stored, created
+
+    def _adopt(self, record: RunRecord, spec: pb.RunSpec | None = None) -> LiveRun:
+        if spec is None:
+            spec = pb.RunSpec.FromString(record.spec)
+        channel = self._hub.open(record.run_id, record.last_seq)
+        live = LiveRun(record, spec, channel, self._loop.create_future())
+        self._live[record.run_id] = live
+        if record.request_id:
+            self._by_request_id[record.request_id] = live
+        if record.timeout_ms is not None:
+            due_us = record.create_us + record.timeout_ms * 1000
+            delay = max(0.0, (due_us - now_us()) / 1e6)
+            live.deadline_handle = self._loop.call_later(delay, self._on_deadline, live)
+        self._queue.append(live)
+        return live
+
+    # ------------------------------------------------------------ dispatch
+
+    def _dispatch(self) -> None:
+        while self._queue and not self.draining:
+            worker = self.pool.idle()
+            if worker is None:
+                return
+            live = self._queue.popleft()
+            self._start(live, worker)
+
+    def _start(self, live: LiveRun, worker: Worker) -> None:
+        record = live.record
+        token = next(self._tokens)
+        deadline = None
+        if record.timeout_ms is not None:
+            deadline = record.create_us / 1e6 + record.timeout_ms / 1000
+        try:
+            params = convert.spec_params(live.spec)
+            self.pool.assign(worker, token, record.run_id, record.kind, params, deadline)
+        except OSError:  # the worker died just now: keep the run for the next one
+            self._queue.appendleft(live)
+            return
+        except Exception as exc:  # noqa: BLE001 - a spec the job API cannot carry
+            self.pool.release(worker)
+            self._finish(live, RunState.FAILED, "bad job parameters", error=final_error(RunState.FAILED, str(exc)))
+            return
+        live.token = token
+        live.worker = worker
+        self._by_token[token] = live
+        now = now_us()
+        previous = record.state
+        record.state = RunState.RUNNING
+        record.start_us = record.update_us = now
+        record.replica = self._settings.replica
+        event = convert.state_event(record.run_id, live.channel.next_seq(), now, RunState.RUNNING, previous, "started")
+        changes = {"state": RunState.RUNNING, "start_us": now, "update_us": now, "replica": record.replica}
+        self._emit(live, event, changes)
+
+    # ------------------------------------------------------------ events
+
+    def _emit(self, live: LiveRun, event: pb.RunEvent, changes: dict | None) -> None:
+        """Publish a non-progress event and queue it (after any unwritten progress) for the store."""
+        events = []
+        changes = dict(changes or {})
+        if live.pending_progress is not None:
+            events.append(convert.event_to_stored(live.pending_progress))
+            changes.update(self._progress_columns(live.record))
+            live.pending_progress = None
+            self._dirty.discard(live)
+        events.append(convert.event_to_stored(event))
+        self._write(live, changes, events, event.seq)
+        live.channel.publish(event)
+
+    def _write(self, live: LiveRun, changes: dict | None, events: list, seq: int) -> asyncio.Future:
+        fut = self._store.write(live.record.run_id, changes, events)
+        channel = live.channel
+
+        def persisted(f: asyncio.Future) -> None:
+            if not f.cancelled() and f.exception() is None:
+                channel.mark_persisted(seq)
+
+        fut.add_done_callback(persisted)
+        return fut
+
+    @staticmethod
+    def _progress_columns(record: RunRecord) -> dict:
+        return {
+            "progress_done": record.progress_done,
+            "progress_total": record.progress_total,
+            "progress_message": record.progress_message,
+            "update_us": record.update_us,
+        }
+
+    def _on_message(self, worker: Worker, msg: tuple) -> None:
+        live = self._by_token.get(msg[1])
+        if live is None or live.finishing:
+            return  # a late message of a run already ended
+        kind = msg[0]
+        record = live.record
+        if kind == "progress":
+            _, _, done, total, message = msg
+            now = now_us()
+            record.progress_done, record.progress_total, record.progress_message = done, total, message[:1000]
+            record.update_us = now
+            event = pb.RunEvent(run_id=record.run_id, seq=live.channel.next_seq())
+            event.time.FromMicroseconds(now)
+            progress = event.progress
+            progress.done, progress.total, progress.message = done, total, record.progress_message
+            if total > 0:
+                progress.fraction = min(1.0, done / total)
+            live.pending_progress = event
+            self._dirty.add(live)
+            live.channel.publish(event)
+        elif kind == "log":
+            _, _, level, message = msg
+            event = pb.RunEvent(run_id=record.run_id, seq=live.channel.next_seq())
+            event.time.FromMicroseconds(now_us())
+            event.log.level, event.log.message = level[:16], message[:10000]
+            self._emit(live, event, None)
+        elif kind == "done":
+            try:
+                result = convert.result_struct(msg[2])
+            except (TypeError, ValueError) as exc:
+                error = final_error(RunState.FAILED, f"the job returned a result that is not JSON-able: {exc}")
+                self._finish(live, RunState.FAILED, "bad result", error=error)
+            else:
+                self._finish(live, RunState.SUCCEEDED, "completed", result=result)
+        elif kind == "cancelled":
+            reason = live.cancel_reason or CancelReason.CLIENT_REQUEST
+            state = reason.final_state
+            self._finish(live, state, reason.value, error=final_error(state, f"run stopped: {reason.value}"))
+        elif kind == "failed":
+            _, _, exc_type, message = msg
+            reason = "UNKNOWN_JOB_KIND" if exc_type == "UnknownKind" else "JOB_FAILED"
+            error = final_error(RunState.FAILED, f"{exc_type}: {message}", reason)
+            self._finish(live, RunState.FAILED, "job failed", error=error)
+
+    def _on_worker_exit(self, worker: Worker) -> None:
+        live = self._by_token.get(worker.token)
+        if live is None or live.finishing:
+            return
+        live.worker = None  # nothing to release: the process is gone
+        if worker.killed and live.cancel_reason is not None:
+            state = live.cancel_reason.final_state
+            message = f"run stopped: {live.cancel_reason.value} (the job ignored cancellation; its worker was killed)"
+            self._finish(live, state, live.cancel_reason.value, error=final_error(state, message))
+        else:
+            error = final_error(
+                RunState.FAILED, f"the worker process died (exit code {worker.process.exitcode})", "WORKER_CRASHED"
+            )
+            self._finish(live, RunState.FAILED, "worker crashed", error=error)
+
+    # ------------------------------------------------------------ cancellation
+
+    async def cancel(self, run_id: str, reason: CancelReason) -> RunRecord:
+        """Request cancellation; idempotent. Returns the run as it is now (a
+        running run ends once its job stops, at the latest after cancel_grace)."""
+        live = self._live.get(run_id)
+        if live is None:
+            record = await self._store.get_run(run_id)
+            if record is None:
+                raise errors.NotFound(f"run {run_id!r} not found")
+            return record
+        self._request_cancel(live, reason)
+        return live.record
+
+    def cancel_nowait(self, run_id: str, reason: CancelReason) -> None:
+        live = self._live.get(run_id)
+        if live is not None:
+            self._request_cancel(live, reason)
+
+    def _request_cancel(self, live: LiveRun, reason: CancelReason, grace_s: float | None = None) -> None:
+        if live.finishing:
+            return
+        if live.cancel_reason is None:
+            live.cancel_reason = reason
+        record = live.record
+        if not record.cancel_requested:
+            record.cancel_requested = True
+            self._store.write(record.run_id, {"cancel_requested": True})
+        if live.worker is None:  # still queued
+            state = live.cancel_reason.final_state
+            self._finish(live, state, live.cancel_reason.value, error=final_error(state, f"run stopped: {reason.value}"))
+            return
+        self.pool.cancel(live.worker, live.token)
+        if live.kill_handle is None:
+            delay = self._settings.cancel_grace_s if grace_s is None else grace_s
+            live.kill_handle = self._loop.call_later(delay, self._kill, live)
+
+    def _kill(self, live: LiveRun) -> None:
+        live.kill_handle = None
+        if live.finishing or live.worker is None:
+            return
+        log.warning("job ignored cancellation; killing its worker", extra={"run_id": live.record.run_id})
+        self.pool.kill(live.worker)  # reports the exit: _on_worker_exit finishes the run
+
+    def _on_deadline(self, live: LiveRun) -> None:
+        live.deadline_handle = None
+        self._request_cancel(live, CancelReason.DEADLINE)
+
+    # ------------------------------------------------------------ the end of a run
+
+    def _finish(self, live: LiveRun, state: RunState, reason: str, result=None, error=None) -> None:
+        """The single place a run gets its final state: persist it, then publish it."""
+        if live.finishing:
+            return
+        live.finishing = True
+        for handle in (live.deadline_handle, live.kill_handle):
+            if handle is not None:
+                handle.cancel()
+        self._by_token.pop(live.token, None)
+        try:
+            self._queue.remove(live)
+        except ValueError:
+            pass
+        record = live.record
+        now = now_us()
+        previous = record.state
+        record.state = state
+        record.end_us = record.update_us = now
+        changes = {"state": state, "end_us": now, "update_us": now}
+        events, to_publish = [], []
+        if live.pending_progress is not None:
+            events.append(convert.event_to_stored(live.pending_progress))
+            changes.update(self._progress_columns(record))
+            live.pending_progress = None
+            self._dirty.discard(live)
+        if result is not None:
+            record.result = changes["result"] = result.SerializeToString()
+            event = pb.RunEvent(run_id=record.run_id, seq=live.channel.next_seq())
+            event.time.FromMicroseconds(now)
+            event.result.CopyFrom(result)
+            to_publish.append(event)
+        if error is not None:
+            record.error = changes["error"] = error.SerializeToString()
+        to_publish.append(convert.state_event(record.run_id, live.channel.next_seq(), now, state, previous, reason, error))
+        events.extend(convert.event_to_stored(ev) for ev in to_publish)
+        fut = self._store.write(record.run_id, changes, events)
+        task = self._loop.create_task(self._publish_final(live, to_publish, fut), name=f"finish-{record.run_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        worker, live.worker = live.worker, None
+        if worker is not None:
+            self.pool.release(worker)  # frees the slot now; the next run starts at once
+
+    async def _publish_final(self, live: LiveRun, to_publish: list[pb.RunEvent], fut: asyncio.Future) -> None:
+        try:
+            await fut
+        except StoreError:
+            log.error("could not store the final state of a run", extra={"run_id": live.record.run_id})
+        channel = live.channel
+        for event in to_publish:
+            channel.publish(event)
+        channel.mark_persisted(to_publish[-1].seq)
+        self._release_live(live)
+        if not live.done.done():
+            live.done.set_result(live.record.state)
+
+    def _release_live(self, live: LiveRun) -> None:
+        run_id = live.record.run_id
+        self._hub.drop(run_id)
+        self._live.pop(run_id, None)
+        if live.record.request_id:
+            self._by_request_id.pop(live.record.request_id, None)
+
+    # ------------------------------------------------------------ progress write-behind
+
+    async def _flush_progress_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_FLUSH_S)
+            self._flush_progress()
+
+    def _flush_progress(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for live in dirty:
+            event = live.pending_progress
+            if event is None or live.finishing:
+                continue
+            live.pending_progress = None
+            self._write(live, self._progress_columns(live.record), [convert.event_to_stored(event)], event.seq)
+
+    # ------------------------------------------------------------ reads
+
+    def live_record(self, run_id: str) -> RunRecord | None:
+        live = self._live.get(run_id)
+        return live.record if live is not None else None
+
+    def live_run(self, run_id: str) -> LiveRun | None:
+        return self._live.get(run_id)
+
+    async def watch(self, run_id: str, after_seq: int) -> AsyncIterator[pb.RunEvent]:
+        """A run's events after after_seq, in seq order, ending after the terminal
+        one. Raises NotFound, or WatcherTooSlow when the watcher falls behind."""
+        channel = self._hub.get(run_id)
+        if channel is None:
+            if await self._store.get_run(run_id) is None:
+                raise errors.NotFound(f"run {run_id!r} not found")
+            async for event in self._replay(run_id, after_seq, None):
+                yield event
+            return
+        persisted, tail, sub = channel.subscribe(after_seq)
+        try:
+            last = after_seq
+            async for event in self._replay(run_id, after_seq, persisted):
+                last = event.seq
+                yield event
+            for event in tail:
+                if event.seq > last:
+                    last = event.seq
+                    yield event
+            sub.last_seq = last
+            while True:
+                try:
+                    event = await sub.next()
+                except OverflowError:
+                    raise errors.WatcherTooSlow(sub.last_seq) from None
+                if event is None:
+                    return
+                yield event
+        finally:
+            channel.unsubscribe(sub)
+
+    async def _replay(self, run_id: str, after_seq: int, up_to_seq: int | None) -> AsyncIterator[pb.RunEvent]:
+        while up_to_seq is None or after_seq < up_to_seq:
+            page = await self._store.list_events(run_id, after_seq, up_to_seq, REPLAY_PAGE)
+            for stored in page:
+                yield convert.stored_to_event(stored)
+            if len(page) < REPLAY_PAGE:
+                return
+            after_seq = page[-1].seq

@@ -1,0 +1,103 @@
+"""Builds the runner and runs it: ordered start, ordered stop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.runner.v1 import runner_pb2, runner_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from runner_service import servicer as servicer_mod
+from runner_service.health import Health
+from runner_service.progress import Hub
+from runner_service.scheduler import Scheduler
+from runner_service.settings import Settings, redact_url
+from runner_service.sql_store import SqlStore
+
+log = logging.getLogger(__name__)
+
+
+class RunnerApp:
+    """The runner's parts, wired together. Nothing starts before start()."""
+
+    def __init__(self, settings: Settings, job_targets: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.store = SqlStore(settings)
+        self.hub = Hub(settings.watcher_queue_size)
+        self.scheduler = Scheduler(settings, self.store, self.hub, job_targets)
+        self.health = Health(self.store, self.scheduler)
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        runner_pb2_grpc.add_RunnerServiceServicer_to_server(
+            servicer_mod.RunnerServicer(self.scheduler, self.store), self.server
+        )
+        runner_pb2_grpc.add_AdminServiceServicer_to_server(servicer_mod.AdminServicer(), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
+        reflection.enable_server_reflection(
+            (
+                runner_pb2.DESCRIPTOR.services_by_name["RunnerService"].full_name,
+                runner_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        self.port: int | None = None
+        self._stopped: asyncio.Event | None = None
+        self._stopping = False
+
+    async def start(self) -> int:
+        """Open the store (migrations), recover, start workers, then listen.
+        Returns the bound port."""
+        self._stopped = asyncio.Event()
+        log.info("starting runner", extra={"database": redact_url(self.settings.database_url)})
+        await self.store.start()
+        await self.scheduler.start()
+        self.port = self.server.add_insecure_port(self.settings.listen)
+        if not self.port:
+            raise RuntimeError(f"cannot listen on {self.settings.listen}")
+        await self.server.start()
+        await self.health.start()
+        log.info("runner listening", extra={"listen": self.settings.listen, "port": self.port})
+        return self.port
+
+    async def stop(self) -> None:
+        """Graceful shutdown, in this order: health NOT_SERVING and new submissions
+        refused (DRAINING); wait drain_period; running runs get shutdown_grace,
+        then are cancelled and stored INTERRUPTED (their watchers get the final
+        event); stop the server; close the store. Idempotent."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        log.info("shutting down")
+        self.scheduler.draining = True
+        await self.health.shutdown()
+        if self.settings.drain_period_s > 0:
+            await asyncio.sleep(self.settings.drain_period_s)
+        await self.scheduler.shutdown(self.settings.shutdown_grace_s)
+        await self.server.stop(grace=1.0)
+        await self.store.close()
+        log.info("runner stopped")
+        self._stopped.set()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    app = RunnerApp(settings)
+    await app.start()
+    print(f"runner: gRPC on {settings.listen} (health: grpc.health.v1)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await app.stop()

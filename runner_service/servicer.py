@@ -1,0 +1,165 @@
+"""gRPC servicers: validate, convert, call the core, map errors. Nothing else."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+import grpc
+from google.rpc import error_details_pb2
+
+from protos import validation
+from protos.runner.v1 import runner_pb2 as pb
+from protos.runner.v1 import runner_pb2_grpc
+from runner_service import convert, errors
+from runner_service.runs import CancelReason, RunState
+from runner_service.scheduler import Scheduler
+from runner_service.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+
+
+def _check(request) -> None:
+    violations = validation.validate(request)
+    if violations:
+        raise errors.InvalidArgument(violations)
+
+
+def _as_runner_error(exc: Exception) -> errors.RunnerError:
+    if isinstance(exc, errors.RunnerError):
+        return exc
+    if isinstance(exc, StoreError):
+        return errors.StoreUnavailable(str(exc))
+    if isinstance(exc, TimeoutError):
+        return errors.DeadlineExceeded("the call's deadline passed")
+    log.exception("unexpected error in a handler", exc_info=exc)
+    return errors.RunnerError("internal error")
+
+
+def unary(handler):
+    """Map every error of a unary handler to a status with details, in one place."""
+
+    @functools.wraps(handler)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await handler(self, request, context)
+        except (errors.RunnerError, StoreError, TimeoutError, ValueError, KeyError) as exc:
+            await context.abort_with_status(errors.to_grpc_status(_as_runner_error(exc)))
+
+    return wrapper
+
+
+def stream(handler):
+    """The same mapping for server-streaming handlers; an error ends the stream."""
+
+    @functools.wraps(handler)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            async for item in handler(self, request, context):
+                yield item
+        except (errors.RunnerError, StoreError, TimeoutError, ValueError, KeyError) as exc:
+            await context.abort_with_status(errors.to_grpc_status(_as_runner_error(exc)))
+
+    return wrapper
+
+
+async def _within_deadline(context: grpc.aio.ServicerContext, awaitable):
+    """Await store work no longer than the caller's deadline."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return await awaitable
+    return await asyncio.wait_for(awaitable, remaining)
+
+
+class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
+    def __init__(self, scheduler: Scheduler, store: Store) -> None:
+        self._scheduler = scheduler
+        self._store = store
+
+    @unary
+    async def SubmitRun(self, request: pb.SubmitRunRequest, context) -> pb.Run:
+        _check(request)
+        record, _created = await self._scheduler.submit(request)
+        return convert.run_to_proto(record)
+
+    @stream
+    async def ExecuteRun(self, request: pb.SubmitRunRequest, context):
+        _check(request)
+        record, _created = await self._scheduler.submit(request)
+        finished = False
+        try:
+            async for event in self._scheduler.watch(record.run_id, 0):
+                yield event
+            finished = True
+        finally:
+            if not finished:
+                # The run is tied to this call: record why before it is stopped.
+                remaining = context.time_remaining()
+                reason = CancelReason.DEADLINE if remaining is not None and remaining <= 0 else CancelReason.CALL_CANCELLED
+                self._scheduler.cancel_nowait(record.run_id, reason)
+
+    @unary
+    async def GetRun(self, request: pb.GetRunRequest, context) -> pb.Run:
+        _check(request)
+        record = self._scheduler.live_record(request.run_id)
+        if record is None:
+            record = await _within_deadline(context, self._store.get_run(request.run_id))
+        if record is None:
+            raise errors.NotFound(f"run {request.run_id!r} not found")
+        return convert.run_to_proto(record)
+
+    @unary
+    async def ListRuns(self, request: pb.ListRunsRequest, context) -> pb.ListRunsResponse:
+        _check(request)
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        after = None
+        if request.page_token:
+            try:
+                after = convert.decode_page_token(request.page_token)
+            except ValueError as exc:
+                violation = error_details_pb2.BadRequest.FieldViolation(field="page_token", description=str(exc))
+                raise errors.InvalidArgument([violation]) from None
+        state = RunState(request.state) if request.state else None
+        records = await _within_deadline(
+            context, self._store.list_runs(page_size + 1, after, state, request.kind or None)
+        )
+        response = pb.ListRunsResponse()
+        for record in records[:page_size]:
+            live = self._scheduler.live_record(record.run_id)
+            response.runs.append(convert.run_to_proto(live or record))
+        if len(records) > page_size:
+            last = records[page_size - 1]
+            response.next_page_token = convert.encode_page_token(convert.Cursor(last.create_us, last.run_id))
+        return response
+
+    @stream
+    async def WatchRun(self, request: pb.WatchRunRequest, context):
+        _check(request)
+        async for event in self._scheduler.watch(request.run_id, request.after_seq):
+            yield event
+
+    @unary
+    async def CancelRun(self, request: pb.CancelRunRequest, context) -> pb.Run:
+        _check(request)
+        record = await _within_deadline(context, self._scheduler.cancel(request.run_id, CancelReason.CLIENT_REQUEST))
+        return convert.run_to_proto(record)
+
+    @unary
+    async def ListScenarios(self, request, context):
+        raise errors.Unimplemented("ListScenarios is not implemented yet")
+
+    @unary
+    async def GetSummary(self, request, context):
+        raise errors.Unimplemented("GetSummary is not implemented yet")
+
+
+class AdminServicer(runner_pb2_grpc.AdminServiceServicer):
+    @unary
+    async def GetStatus(self, request, context):
+        raise errors.Unimplemented("AdminService.GetStatus is not implemented yet")
+
+    @unary
+    async def RestartWorkers(self, request, context):
+        raise errors.Unimplemented("AdminService.RestartWorkers is not implemented yet")

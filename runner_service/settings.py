@@ -1,0 +1,96 @@
+"""Frozen settings, read from the environment once (in __main__) and passed down."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from typing import Mapping
+
+PROFILES = ("production", "development", "testing")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    profile: str = "production"
+    listen: str = "127.0.0.1:50051"
+    database_url: str = "sqlite:///var/runner.db"
+    replica: str = dataclasses.field(default_factory=socket.gethostname)
+    workers: int = 2
+    max_queued: int = 20
+    max_heavy_concurrent: int = 2
+    cancel_grace_s: float = 2.0
+    drain_period_s: float = 1.0
+    shutdown_grace_s: float = 5.0
+    # Per-watcher bound on undelivered state changes, logs and results.
+    watcher_queue_size: int = 1000
+    db_pool_size: int = 4
+    db_max_overflow: int = 2
+    db_pool_timeout_s: float = 5.0
+    db_query_timeout_s: float = 10.0
+    slow_query_concurrency: int = 5
+    max_message_bytes: int = 4 * 1024 * 1024
+    admin_token: str = ""
+    log_level: str = "INFO"
+    log_json: bool = True
+    use_uvloop: bool = True
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+_PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
+    "production": {"slow_query_concurrency": 5},
+    "development": {"slow_query_concurrency": 3, "log_json": False, "log_level": "DEBUG"},
+    "testing": {"slow_query_concurrency": 1, "log_json": False, "drain_period_s": 0.0},
+}
+
+
+def _coerce(field: dataclasses.Field, raw: str) -> object:
+    kind = field.type
+    if kind in ("bool", bool):
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    if kind in ("int", int):
+        return int(raw)
+    if kind in ("float", float):
+        return float(raw)
+    return raw
+
+
+def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from RUNNER_* variables: RUNNER_PROFILE picks the profile
+    defaults, then each field may be set by RUNNER_<FIELD NAME IN CAPITALS>
+    (e.g. RUNNER_CANCEL_GRACE_S=1.5). Keyword overrides win over both."""
+    env = os.environ if environ is None else environ
+    profile = env.get("RUNNER_PROFILE", "production")
+    if profile not in PROFILES:
+        raise ValueError(f"RUNNER_PROFILE must be one of {', '.join(PROFILES)}, not {profile!r}")
+    values: dict[str, object] = {"profile": profile, **_PROFILE_DEFAULTS[profile]}
+    for field in dataclasses.fields(Settings):
+        raw = env.get("RUNNER_" + field.name.upper())
+        if raw is not None and field.name != "profile":
+            try:
+                values[field.name] = _coerce(field, raw)
+            except ValueError as exc:
+                raise ValueError(f"RUNNER_{field.name.upper()}: {exc}") from None
+    values.update(overrides)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.workers < 1:
+        raise ValueError("RUNNER_WORKERS must be at least 1")
+    if settings.max_queued < 0:
+        raise ValueError("RUNNER_MAX_QUEUED must not be negative")
+    return settings
+
+
+def redact_url(url: str) -> str:
+    """The database URL with any password replaced, for logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL: show nothing of it
+        return "<unparsable database url>"

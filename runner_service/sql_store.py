@@ -1,0 +1,404 @@
+"""The SQLAlchemy implementation of the store (SQLite by default, PostgreSQL for replicas).
+
+Writes go through one writer thread that commits whatever is queued in one
+transaction (group commit): a burst of submissions costs one commit, not one
+each. Reads run on a small thread pool. Nothing here touches the event loop
+thread except to resolve futures.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import queue
+import threading
+from typing import Callable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+
+from runner_service import store
+from runner_service.runs import RunState
+from runner_service.store import Cursor, RunRecord, StoredEvent, StoreError
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(128), nullable=False),
+    sa.Column("spec", sa.LargeBinary, nullable=False),
+    sa.Column("state", sa.SmallInteger, nullable=False),
+    sa.Column("create_us", sa.BigInteger, nullable=False),
+    sa.Column("update_us", sa.BigInteger, nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=True, unique=True),
+    sa.Column("labels", sa.Text, nullable=False, default="{}"),
+    sa.Column("timeout_ms", sa.BigInteger, nullable=True),
+    sa.Column("start_us", sa.BigInteger, nullable=True),
+    sa.Column("end_us", sa.BigInteger, nullable=True),
+    sa.Column("progress_done", sa.BigInteger, nullable=False, default=0),
+    sa.Column("progress_total", sa.BigInteger, nullable=False, default=0),
+    sa.Column("progress_message", sa.Text, nullable=False, default=""),
+    sa.Column("result", sa.LargeBinary, nullable=True),
+    sa.Column("error", sa.LargeBinary, nullable=True),
+    sa.Column("attempt", sa.Integer, nullable=False, default=1),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("replica", sa.String(255), nullable=False, default=""),
+    sa.Column("last_seq", sa.BigInteger, nullable=False, default=0),
+    sa.Index("ix_runs_created", "create_us", "run_id"),
+    sa.Index("ix_runs_state_created", "state", "create_us", "run_id"),
+    sa.Index("ix_runs_kind_created", "kind", "create_us", "run_id"),
+)
+
+run_events = sa.Table(
+    "run_events",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("time_us", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+)
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_us", sa.BigInteger, nullable=False),
+)
+
+
+def _migration_1(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[runs, run_events])
+
+
+# Ordered (version, step); a step runs once, in its own transaction.
+MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _migration_1)]
+
+_RUN_COLUMNS = [c.name for c in runs.columns]
+
+
+def _record(row: sa.Row) -> RunRecord:
+    data = dict(row._mapping)
+    data["state"] = RunState(data["state"])
+    data["labels"] = json.loads(data["labels"] or "{}")
+    return RunRecord(**data)
+
+
+def _row(record: RunRecord) -> dict:
+    data = {name: getattr(record, name) for name in _RUN_COLUMNS}
+    data["state"] = int(record.state)
+    data["labels"] = json.dumps(record.labels, separators=(",", ":"), sort_keys=True)
+    return data
+
+
+def _event_row(ev: StoredEvent) -> dict:
+    return {"run_id": ev.run_id, "seq": ev.seq, "time_us": ev.time_us, "kind": ev.kind, "payload": ev.payload}
+
+
+class _Op:
+    __slots__ = ("run_id", "changes", "events", "record", "future", "result", "error")
+
+    def __init__(self, run_id, changes, events, record, future):
+        self.run_id = run_id
+        self.changes = changes
+        self.events = events
+        self.record = record  # set for a submission
+        self.future = future
+        self.result = None
+        self.error: BaseException | None = None
+
+
+_STOP = object()
+_MAX_BATCH = 1000
+
+
+def make_engine(url: str, settings) -> sa.Engine:
+    """An engine configured for the runner: SQLite with WAL, busy_timeout=5000 and
+    synchronous=NORMAL; PostgreSQL with the configured pool."""
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        engine = sa.create_engine(
+            url,
+            pool_size=settings.db_pool_size + 1,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_s,
+            connect_args={"check_same_thread": False, "timeout": 5.0},
+        )
+
+        @sa_event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=5000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    timeout_ms = int(settings.db_query_timeout_s * 1000)
+    return sa.create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_s,
+        pool_pre_ping=True,
+        connect_args={"options": f"-c statement_timeout={timeout_ms}"},
+    )
+
+
+class SqlStore(store.Store):
+    def __init__(self, settings) -> None:
+        self._settings = settings
+        self._engine: sa.Engine | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, settings.db_pool_size), thread_name_prefix="store-read"
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._is_sqlite = settings.database_url.startswith("sqlite")
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._engine = make_engine(self._settings.database_url, self._settings)
+        await self._loop.run_in_executor(self._readers, self._migrate)
+        self._writer = threading.Thread(target=self._writer_main, name="store-writer", daemon=True)
+        self._writer.start()
+
+    def _migrate(self) -> None:
+        assert self._engine is not None
+        with self._engine.begin() as conn:
+            metadata.create_all(conn, tables=[schema_version])
+            done = {v for (v,) in conn.execute(sa.select(schema_version.c.version))}
+        for version, step in MIGRATIONS:
+            if version in done:
+                continue
+            with self._engine.begin() as conn:
+                step(conn)
+                conn.execute(sa.insert(schema_version).values(version=version, applied_us=store.now_us()))
+            log.info("database migrated", extra={"schema_version": version})
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+        self._readers.shutdown(wait=True)
+        if self._engine is not None:
+            self._engine.dispose()
+
+    # ------------------------------------------------------------ writes
+
+    async def submit(self, record: RunRecord, first_event: StoredEvent) -> tuple[RunRecord, bool]:
+        return await self._enqueue(_Op(record.run_id, None, (first_event,), record, self._new_future()))
+
+    def write(self, run_id: str, changes: dict | None, events: Sequence[StoredEvent] = ()) -> asyncio.Future:
+        op = _Op(run_id, changes, tuple(events), None, self._new_future())
+        if self._closed:
+            op.future.set_exception(StoreError("store is closed"))
+            return op.future
+        self._queue.put(op)
+        return op.future
+
+    def _new_future(self) -> asyncio.Future:
+        assert self._loop is not None, "store not started"
+        return self._loop.create_future()
+
+    async def _enqueue(self, op: _Op):
+        if self._closed:
+            raise StoreError("store is closed")
+        self._queue.put(op)
+        return await op.future
+
+    def _writer_main(self) -> None:
+        stopping = False
+        while not stopping:
+            op = self._queue.get()
+            if op is _STOP:
+                break
+            batch = [op]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Op]) -> None:
+        assert self._engine is not None
+        try:
+            with self._engine.begin() as conn:
+                self._apply(conn, batch)
+        except Exception:
+            # Isolate the failing operation: replay one by one.
+            for op in batch:
+                op.result = None
+                try:
+                    with self._engine.begin() as conn:
+                        self._apply(conn, [op])
+                except Exception as exc:  # reported to the caller, not swallowed
+                    log.warning("store write failed", extra={"run_id": op.run_id, "error": repr(exc)})
+                    op.error = StoreError(f"database write failed: {exc.__class__.__name__}")
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(_resolve, batch)
+            except RuntimeError:  # loop closed meanwhile
+                pass
+
+    def _apply(self, conn: sa.Connection, batch: list[_Op]) -> None:
+        submits = [op for op in batch if op.record is not None]
+        if submits:
+            self._apply_submits(conn, submits)
+        changes: dict[str, dict] = {}
+        events: list[dict] = []
+        for op in batch:
+            if op.record is not None:
+                continue
+            if op.changes:
+                changes.setdefault(op.run_id, {}).update(op.changes)
+            for ev in op.events:
+                events.append(_event_row(ev))
+                merged = changes.setdefault(ev.run_id, {})
+                merged["last_seq"] = max(merged.get("last_seq", 0), ev.seq)
+        if events:
+            conn.execute(sa.insert(run_events), events)
+        for run_id, values in changes.items():
+            if "state" in values:
+                values["state"] = int(values["state"])
+            conn.execute(sa.update(runs).where(runs.c.run_id == run_id).values(**values))
+
+    def _apply_submits(self, conn: sa.Connection, submits: list[_Op]) -> None:
+        keys = [op.record.request_id for op in submits if op.record.request_id]
+        known: dict[str, RunRecord] = {}
+        if keys:
+            for row in conn.execute(sa.select(runs).where(runs.c.request_id.in_(keys))):
+                known[row.request_id] = _record(row)
+        new_rows, new_events = [], []
+        for op in submits:
+            rid = op.record.request_id
+            if rid and rid in known:
+                op.result = (known[rid], False)
+                continue
+            if rid:
+                known[rid] = op.record
+            op.record.last_seq = max(ev.seq for ev in op.events)
+            new_rows.append(_row(op.record))
+            new_events.extend(_event_row(ev) for ev in op.events)
+            op.result = (op.record, True)
+        if new_rows:
+            conn.execute(sa.insert(runs), new_rows)
+            conn.execute(sa.insert(run_events), new_events)
+
+    # ------------------------------------------------------------ reads
+
+    async def _read(self, fn, *args):
+        if self._closed:
+            raise StoreError("store is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"database read failed: {exc.__class__.__name__}") from exc
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        return await self._read(self._get_run, run_id)
+
+    def _get_run(self, run_id: str) -> RunRecord | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
+        return _record(row) if row is not None else None
+
+    async def list_runs(self, limit, after, state, kind) -> list[RunRecord]:
+        return await self._read(self._list_runs, limit, after, state, kind)
+
+    def _list_runs(self, limit: int, after: Cursor | None, state, kind) -> list[RunRecord]:
+        query = sa.select(runs)
+        if state is not None:
+            query = query.where(runs.c.state == int(state))
+        if kind:
+            query = query.where(runs.c.kind == kind)
+        if after is not None:
+            query = query.where(sa.tuple_(runs.c.create_us, runs.c.run_id) < (after.create_us, after.run_id))
+        query = query.order_by(runs.c.create_us.desc(), runs.c.run_id.desc()).limit(limit)
+        with self._engine.connect() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
+    async def list_events(self, run_id, after_seq, up_to_seq, limit) -> list[StoredEvent]:
+        return await self._read(self._list_events, run_id, after_seq, up_to_seq, limit)
+
+    def _list_events(self, run_id: str, after_seq: int, up_to_seq: int | None, limit: int) -> list[StoredEvent]:
+        query = sa.select(run_events).where(run_events.c.run_id == run_id, run_events.c.seq > after_seq)
+        if up_to_seq is not None:
+            query = query.where(run_events.c.seq <= up_to_seq)
+        query = query.order_by(run_events.c.seq).limit(limit)
+        with self._engine.connect() as conn:
+            return [StoredEvent(**row._mapping) for row in conn.execute(query)]
+
+    async def recover(self, replica, interrupted_event) -> tuple[list[str], list[RunRecord]]:
+        return await self._read(self._recover, replica, interrupted_event)
+
+    def _recover(self, replica: str, interrupted_event) -> tuple[list[str], list[RunRecord]]:
+        interrupted: list[str] = []
+        with self._engine.begin() as conn:
+            query = sa.select(runs).where(runs.c.state == int(RunState.RUNNING))
+            if not self._is_sqlite:  # other replicas' runs are rescued by lease expiry
+                query = query.where(runs.c.replica == replica)
+            for row in conn.execute(query).all():
+                record = _record(row)
+                ev, error = interrupted_event(record)
+                conn.execute(sa.insert(run_events).values(**_event_row(ev)))
+                conn.execute(
+                    sa.update(runs)
+                    .where(runs.c.run_id == record.run_id)
+                    .values(
+                        state=int(RunState.INTERRUPTED),
+                        end_us=ev.time_us,
+                        update_us=ev.time_us,
+                        last_seq=ev.seq,
+                        error=error,
+                    )
+                )
+                interrupted.append(record.run_id)
+            queued = [
+                _record(row)
+                for row in conn.execute(
+                    sa.select(runs).where(runs.c.state == int(RunState.QUEUED)).order_by(runs.c.create_us)
+                )
+            ]
+        return interrupted, queued
+
+    async def ping(self) -> None:
+        await self._read(self._ping)
+
+    def _ping(self) -> None:
+        with self._engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+
+def _resolve(batch: list[_Op]) -> None:
+    for op in batch:
+        if op.future.done():
+            continue
+        if op.error is not None:
+            op.future.set_exception(op.error)
+        else:
+            op.future.set_result(op.result)
+        # Nobody may await a write-behind future; mark its exception retrieved.
+        if op.error is not None and op.record is None:
+            op.future.exception()

@@ -1,0 +1,114 @@
+"""The store port: what the runner needs from its database, and the records it exchanges.
+
+Times are integer microseconds since the Unix epoch (UTC); convert.py turns them
+into timezone-aware values at the edges.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+import dataclasses
+import time
+from typing import Callable, Sequence
+
+from runner_service.runs import RunState
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclasses.dataclass(slots=True)
+class RunRecord:
+    run_id: str
+    kind: str
+    spec: bytes  # serialized runner.v1.RunSpec
+    state: RunState
+    create_us: int
+    update_us: int
+    request_id: str | None = None
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    timeout_ms: int | None = None
+    start_us: int | None = None
+    end_us: int | None = None
+    progress_done: int = 0
+    progress_total: int = 0
+    progress_message: str = ""
+    result: bytes | None = None  # serialized google.protobuf.Struct
+    error: bytes | None = None  # serialized google.rpc.Status
+    attempt: int = 1
+    cancel_requested: bool = False
+    replica: str = ""
+    last_seq: int = 0
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class StoredEvent:
+    run_id: str
+    seq: int
+    time_us: int
+    kind: str  # "state", "progress", "log" or "result"
+    payload: bytes  # the serialized runner.v1.RunEvent
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class Cursor:
+    """Keyset position: runs strictly older than (create_us, run_id)."""
+
+    create_us: int
+    run_id: str
+
+
+class StoreError(Exception):
+    """A database failure the caller may retry."""
+
+
+class Store(abc.ABC):
+    """Persistence of runs and their events. All methods are safe to call from the
+    event loop: none blocks it."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open the database and bring its schema up to date. Raises on failure."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush pending writes and release connections. Idempotent."""
+
+    @abc.abstractmethod
+    async def submit(self, record: RunRecord, first_event: StoredEvent) -> tuple[RunRecord, bool]:
+        """Store a new run durably. When record.request_id names an existing run,
+        store nothing and return that run with False (idempotent submit)."""
+
+    @abc.abstractmethod
+    def write(
+        self, run_id: str, changes: dict | None, events: Sequence[StoredEvent] = ()
+    ) -> asyncio.Future:
+        """Queue an update of a run's columns and new events, applied in call
+        order. Returns a future resolved once committed (awaiting it is optional)."""
+
+    @abc.abstractmethod
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_runs(
+        self, limit: int, after: Cursor | None, state: RunState | None, kind: str | None
+    ) -> list[RunRecord]:
+        """Newest first, at most limit runs older than `after`."""
+
+    @abc.abstractmethod
+    async def list_events(self, run_id: str, after_seq: int, up_to_seq: int | None, limit: int) -> list[StoredEvent]:
+        """Events of a run with after_seq < seq <= up_to_seq, in seq order."""
+
+    @abc.abstractmethod
+    async def recover(
+        self, replica: str, interrupted_event: Callable[[RunRecord], tuple[StoredEvent, bytes]]
+    ) -> tuple[list[str], list[RunRecord]]:
+        """Start-up recovery: runs left RUNNING by a dead process of this replica
+        become INTERRUPTED with the event and error (serialized google.rpc.Status)
+        that interrupted_event returns (returns their ids); returns QUEUED runs
+        to requeue."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreError when the database cannot be reached."""

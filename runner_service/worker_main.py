@@ -1,0 +1,63 @@
+"""The body of a worker process: receive a run, execute its job, report back.
+
+Kept free of grpc and the database: a worker imports only the job machinery.
+Messages to the parent are tuples: ("ready", pid), ("progress", token, done,
+total, message), ("log", token, level, message), ("heartbeat", token),
+("done", token, result), ("cancelled", token), ("failed", token, type, message).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import traceback
+
+from runner_service import jobs
+from runner_service.context import JobCancelled, JobContext
+
+MAX_ERROR_CHARS = 4000
+
+
+def main(conn, cancel_flag, targets: dict[str, str]) -> None:
+    # Ctrl-C and SIGTERM reach the whole process group: the parent decides what
+    # happens to running jobs, so a worker ignores them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    registry = jobs.Registry(targets)
+    lock = threading.Lock()
+
+    def send(msg) -> None:
+        with lock:
+            conn.send(msg)
+
+    send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if msg[0] == "stop":
+            return
+        _, token, run_id, kind, params, deadline = msg
+        ctx = JobContext(run_id, token, send, cancel_flag, deadline)
+        try:
+            fn = registry.get(kind)
+            result = fn(params, ctx)
+            send(("done", token, result))
+        except JobCancelled:
+            send(("cancelled", token))
+        except KeyError as exc:
+            if exc.args == (kind,):
+                send(("failed", token, "UnknownKind", f"unknown job kind {kind!r}"))
+            else:
+                send(("failed", token, type(exc).__name__, _describe(exc)))
+        except BaseException as exc:  # noqa: BLE001 - a job's failure is reported, the worker lives on
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                send(("failed", token, type(exc).__name__, "the job tried to exit its worker"))
+            else:
+                send(("failed", token, type(exc).__name__, _describe(exc)))
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{exc}\n" + "".join(traceback.format_exception(exc)[-3:])
+    return text[:MAX_ERROR_CHARS]
