@@ -1,0 +1,111 @@
+"""Shared fixtures: a real runner on a loopback port with a real SQLite file."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2_grpc
+
+from protos.runner.v1 import runner_pb2 as pb
+from protos.runner.v1 import runner_pb2_grpc
+from runner_service import settings as settings_mod
+from runner_service.server import RunnerApp
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+@dataclasses.dataclass
+class RunningRunner:
+    app: RunnerApp
+    address: str
+    channel: grpc.aio.Channel
+    stub: runner_pb2_grpc.RunnerServiceStub
+    health: health_pb2_grpc.HealthStub
+    admin: runner_pb2_grpc.AdminServiceStub
+
+
+@pytest.fixture
+def make_settings(tmp_path):
+    """Settings for a test runner: testing profile, port 0, a SQLite file in tmp_path."""
+
+    def make(**overrides) -> settings_mod.Settings:
+        values = dict(
+            listen="127.0.0.1:0",
+            database_url=f"sqlite:///{tmp_path}/runner.db",
+            replica="test-replica",
+            workers=2,
+            cancel_grace_s=1.0,
+            shutdown_grace_s=1.0,
+        )
+        values.update(overrides)
+        return settings_mod.from_env({"RUNNER_PROFILE": "testing"}, **values)
+
+    return make
+
+
+@pytest.fixture
+def start_runner(make_settings):
+    """An async context manager starting a runner; stopped gracefully on exit."""
+
+    @contextlib.asynccontextmanager
+    async def start(**overrides):
+        app = RunnerApp(make_settings(**overrides))
+        port = await app.start()
+        address = f"127.0.0.1:{port}"
+        channel = grpc.aio.insecure_channel(address)
+        try:
+            yield RunningRunner(
+                app,
+                address,
+                channel,
+                runner_pb2_grpc.RunnerServiceStub(channel),
+                health_pb2_grpc.HealthStub(channel),
+                runner_pb2_grpc.AdminServiceStub(channel),
+            )
+        finally:
+            await channel.close()
+            await app.stop()
+
+    return start
+
+
+@pytest.fixture
+async def runner(start_runner):
+    async with start_runner() as running:
+        yield running
+
+
+def diagnostic(**fields) -> pb.SubmitRunRequest:
+    """A SubmitRunRequest for a diagnostic run; `timeout` (seconds), `request_id`
+    and `labels` go on the request, the rest on the spec."""
+    request = pb.SubmitRunRequest()
+    timeout = fields.pop("timeout", None)
+    if timeout is not None:
+        request.timeout.FromNanoseconds(int(timeout * 1e9))
+    request.request_id = fields.pop("request_id", "")
+    for key, value in fields.pop("labels", {}).items():
+        request.labels[key] = value
+    tick_s = fields.pop("tick_s", None)
+    spec = request.spec.diagnostic
+    spec.SetInParent()
+    if tick_s is not None:
+        spec.tick_duration.FromNanoseconds(int(tick_s * 1e9))
+    for key, value in fields.items():
+        setattr(spec, key, value)
+    return request
+
+
+async def events_of(stub, run_id: str, after_seq: int = 0, timeout: float = 20.0) -> list[pb.RunEvent]:
+    """Every event WatchRun delivers for a run until the stream ends."""
+    out = []
+    async for event in stub.WatchRun(pb.WatchRunRequest(run_id=run_id, after_seq=after_seq), timeout=timeout):
+        out.append(event)
+    return out
+
+
+def final_state(events: list[pb.RunEvent]) -> int:
+    changes = [e.state_change.state for e in events if e.WhichOneof("event") == "state_change"]
+    return changes[-1] if changes else pb.RUN_STATE_UNSPECIFIED

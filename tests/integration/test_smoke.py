@@ -1,0 +1,15 @@
+from protos.runner.v1 import runner_pb2 as pb
+from tests.conftest import diagnostic, events_of, final_state
+
+
+async def test_submit_runs_to_success_and_streams_every_event(runner):
+    run = await runner.stub.SubmitRun(diagnostic(ticks=3, log_every=1))
+    assert run.state == pb.QUEUED
+    events = await events_of(runner.stub, run.run_id)
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert final_state(events) == pb.SUCCEEDED
+    assert [e.log.message for e in events if e.WhichOneof("event") == "log"] == ["tick 1", "tick 2", "tick 3"]
+    stored = await runner.stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
+    assert stored.state == pb.SUCCEEDED
+    assert stored.result.fields["ticks"].number_value == 3
