@@ -88,10 +88,17 @@ class RunChannel:
     non-progress events up to it are committed) and the events after it that are
     not yet committed, plus the latest progress."""
 
-    def __init__(self, run_id: str, last_seq: int, max_pending: int) -> None:
+    HISTORY = 256
+
+    def __init__(self, run_id: str, last_seq: int, max_pending: int, history: list[pb.RunEvent] = ()) -> None:
         self.run_id = run_id
         self.last_seq = last_seq
         self.persisted_seq = last_seq
+        # The most recent non-progress events; every event with seq >= history_start
+        # is in it (but superseded progress), so a watcher resuming from there
+        # needs no database read.
+        self._history: collections.deque[pb.RunEvent] = collections.deque(history, maxlen=self.HISTORY)
+        self.history_start = self._history[0].seq if self._history else last_seq + 1
         self._unpersisted: collections.deque[pb.RunEvent] = collections.deque()
         self.latest_progress: pb.RunEvent | None = None
         self._subs: set[Subscription] = set()
@@ -108,6 +115,10 @@ class RunChannel:
             self.latest_progress = event
         else:
             self._unpersisted.append(event)
+            if len(self._history) == self._history.maxlen:
+                self._history.popleft()
+                self.history_start = self._history[0].seq
+            self._history.append(event)
         for sub in self._subs:
             sub.push(event)
 
@@ -118,12 +129,19 @@ class RunChannel:
             self._unpersisted.popleft()
 
     def subscribe(self, after_seq: int) -> tuple[int, list[pb.RunEvent], Subscription]:
-        """Register a watcher. Returns (persisted_seq, events not yet committed that
-        follow after_seq, subscription for what comes next). The caller replays the
-        store up to persisted_seq, then the returned events, then the subscription."""
+        """Register a watcher. Returns (replay_up_to, events in memory that follow
+        after_seq, subscription for what comes next). The caller replays the store
+        for after_seq < seq <= replay_up_to (nothing when it is <= after_seq), then
+        the returned events, then the subscription."""
         sub = Subscription(self._max_pending)
-        floor = max(after_seq, self.persisted_seq)
-        tail = [ev for ev in self._unpersisted if ev.seq > floor]
+        if after_seq + 1 >= self.history_start:
+            floor = after_seq
+            replay_up_to = after_seq  # memory has it all
+            tail = [ev for ev in self._history if ev.seq > floor]
+        else:
+            floor = max(after_seq, self.persisted_seq)
+            replay_up_to = self.persisted_seq
+            tail = [ev for ev in self._unpersisted if ev.seq > floor]
         progress = self.latest_progress
         if progress is not None and progress.seq > floor:
             # Not committed yet (progress is written behind): replay it from memory.
@@ -133,7 +151,7 @@ class RunChannel:
             sub.close()
         else:
             self._subs.add(sub)
-        return self.persisted_seq, tail, sub
+        return replay_up_to, tail, sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
@@ -157,8 +175,8 @@ class Hub:
         self._channels: dict[str, RunChannel] = {}
         self._max_pending = max_pending
 
-    def open(self, run_id: str, last_seq: int) -> RunChannel:
-        channel = RunChannel(run_id, last_seq, self._max_pending)
+    def open(self, run_id: str, last_seq: int, history: list[pb.RunEvent] = ()) -> RunChannel:
+        channel = RunChannel(run_id, last_seq, self._max_pending, history)
         self._channels[run_id] = channel
         return channel
 

@@ -26,6 +26,7 @@ from runner_service.workers import Worker, WorkerPool
 log = logging.getLogger(__name__)
 
 PROGRESS_FLUSH_S = 0.1
+STATE_FLUSH_S = 0.005
 REPLAY_PAGE = 500
 
 _FINAL_CODES = {
@@ -49,7 +50,7 @@ def final_error(state: RunState, message: str, reason: str | None = None) -> sta
 class LiveRun:
     __slots__ = (
         "record", "spec", "channel", "cancel_reason", "worker", "token", "deadline_handle",
-        "kill_handle", "pending_progress", "done", "finishing",
+        "kill_handle", "pending_progress", "unwritten", "unwritten_changes", "done", "finishing",
     )
 
     def __init__(self, record: RunRecord, spec: pb.RunSpec, channel: RunChannel, done: asyncio.Future) -> None:
@@ -62,6 +63,8 @@ class LiveRun:
         self.deadline_handle: asyncio.TimerHandle | None = None
         self.kill_handle: asyncio.TimerHandle | None = None
         self.pending_progress: pb.RunEvent | None = None  # published, not yet written
+        self.unwritten: list[pb.RunEvent] = []  # published state changes written behind
+        self.unwritten_changes: dict = {}
         self.done = done  # resolved with the final state once it is committed
         self.finishing = False
 
@@ -83,6 +86,7 @@ class Scheduler:
         self._dirty: set[LiveRun] = set()
         self._tasks: set[asyncio.Task] = set()
         self._flusher: asyncio.Task | None = None
+        self._state_flush: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
 
@@ -135,7 +139,7 @@ class Scheduler:
                 await self._flusher
             except asyncio.CancelledError:
                 pass
-        self._flush_progress()
+        self._flush_dirty()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
         await self.pool.stop()
@@ -188,14 +192,14 @@ class Scheduler:
         finally:
             self._reserved -= 1
         if created:
-            self._adopt(stored, spec)
+            self._adopt(stored, spec, first)
             self._dispatch()
         return stored, created
 
-    def _adopt(self, record: RunRecord, spec: pb.RunSpec | None = None) -> LiveRun:
+    def _adopt(self, record: RunRecord, spec: pb.RunSpec | None = None, first: pb.RunEvent | None = None) -> LiveRun:
         if spec is None:
             spec = pb.RunSpec.FromString(record.spec)
-        channel = self._hub.open(record.run_id, record.last_seq)
+        channel = self._hub.open(record.run_id, record.last_seq, [first] if first is not None else [])
         live = LiveRun(record, spec, channel, self._loop.create_future())
         self._live[record.run_id] = live
         if record.request_id:
@@ -243,22 +247,39 @@ class Scheduler:
         record.replica = self._settings.replica
         event = convert.state_event(record.run_id, live.channel.next_seq(), now, RunState.RUNNING, previous, "started")
         changes = {"state": RunState.RUNNING, "start_us": now, "update_us": now, "replica": record.replica}
-        self._emit(live, event, changes)
+        # Written behind (STATE_FLUSH_S): a short run's RUNNING and final states
+        # then cost one commit. A crash in that window leaves the run QUEUED, so
+        # it runs again after restart rather than ending INTERRUPTED.
+        live.unwritten.append(event)
+        live.unwritten_changes.update(changes)
+        self._dirty.add(live)
+        if self._state_flush is None:
+            self._state_flush = self._loop.call_later(STATE_FLUSH_S, self._flush_dirty)
+        live.channel.publish(event)
 
     # ------------------------------------------------------------ events
 
     def _emit(self, live: LiveRun, event: pb.RunEvent, changes: dict | None) -> None:
         """Publish a non-progress event and queue it (after any unwritten progress) for the store."""
-        events = []
-        changes = dict(changes or {})
+        events, unwritten_changes = self._take_unwritten(live)
+        if changes:
+            unwritten_changes.update(changes)
+        events.append(convert.event_to_stored(event))
+        self._write(live, unwritten_changes, events, event.seq)
+        live.channel.publish(event)
+
+    def _take_unwritten(self, live: LiveRun) -> tuple[list, dict]:
+        """What was published for a run but not handed to the store yet, in seq order."""
+        pending = live.unwritten
+        changes = live.unwritten_changes
+        live.unwritten, live.unwritten_changes = [], {}
         if live.pending_progress is not None:
-            events.append(convert.event_to_stored(live.pending_progress))
+            pending.append(live.pending_progress)
             changes.update(self._progress_columns(live.record))
             live.pending_progress = None
-            self._dirty.discard(live)
-        events.append(convert.event_to_stored(event))
-        self._write(live, changes, events, event.seq)
-        live.channel.publish(event)
+        self._dirty.discard(live)
+        pending.sort(key=lambda ev: ev.seq)
+        return [convert.event_to_stored(ev) for ev in pending], changes
 
     def _write(self, live: LiveRun, changes: dict | None, events: list, seq: int) -> asyncio.Future:
         fut = self._store.write(live.record.run_id, changes, events)
@@ -407,13 +428,9 @@ class Scheduler:
         previous = record.state
         record.state = state
         record.end_us = record.update_us = now
-        changes = {"state": state, "end_us": now, "update_us": now}
-        events, to_publish = [], []
-        if live.pending_progress is not None:
-            events.append(convert.event_to_stored(live.pending_progress))
-            changes.update(self._progress_columns(record))
-            live.pending_progress = None
-            self._dirty.discard(live)
+        events, changes = self._take_unwritten(live)
+        changes.update({"state": state, "end_us": now, "update_us": now})
+        to_publish = []
         if result is not None:
             record.result = changes["result"] = result.SerializeToString()
             event = pb.RunEvent(run_id=record.run_id, seq=live.channel.next_seq())
@@ -457,16 +474,20 @@ class Scheduler:
     async def _flush_progress_forever(self) -> None:
         while True:
             await asyncio.sleep(PROGRESS_FLUSH_S)
-            self._flush_progress()
+            self._flush_dirty()
 
-    def _flush_progress(self) -> None:
+    def _flush_dirty(self) -> None:
+        """Hand every run's written-behind events and columns to the store."""
+        if self._state_flush is not None:
+            self._state_flush.cancel()
+            self._state_flush = None
         dirty, self._dirty = self._dirty, set()
         for live in dirty:
-            event = live.pending_progress
-            if event is None or live.finishing:
+            if live.finishing:
                 continue
-            live.pending_progress = None
-            self._write(live, self._progress_columns(live.record), [convert.event_to_stored(event)], event.seq)
+            events, changes = self._take_unwritten(live)
+            if events or changes:
+                self._write(live, changes, events, max((ev.seq for ev in events), default=0))
 
     # ------------------------------------------------------------ reads
 
@@ -487,10 +508,10 @@ class Scheduler:
             async for event in self._replay(run_id, after_seq, None):
                 yield event
             return
-        persisted, tail, sub = channel.subscribe(after_seq)
+        replay_up_to, tail, sub = channel.subscribe(after_seq)
         try:
             last = after_seq
-            async for event in self._replay(run_id, after_seq, persisted):
+            async for event in self._replay(run_id, after_seq, replay_up_to):
                 last = event.seq
                 yield event
             for event in tail:

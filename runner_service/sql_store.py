@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -115,6 +116,16 @@ class _Op:
 
 
 _STOP = object()
+
+
+@functools.lru_cache(maxsize=256)
+def _update_statement(columns: tuple[str, ...]) -> sa.Update:
+    """UPDATE runs SET <columns> WHERE run_id = :b_run_id, for executemany."""
+    return (
+        sa.update(runs)
+        .where(runs.c.run_id == sa.bindparam("b_run_id"))
+        .values({name: sa.bindparam("b_" + name) for name in columns})
+    )
 _MAX_BATCH = 1000
 
 
@@ -159,6 +170,9 @@ class SqlStore(store.Store):
         self._engine: sa.Engine | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._wconn: sa.Connection | None = None
+        self._local = threading.local()
+        self._reader_conns: list[sa.Connection] = []
         self._readers = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, settings.db_pool_size), thread_name_prefix="store-read"
         )
@@ -196,6 +210,9 @@ class SqlStore(store.Store):
             self._queue.put(_STOP)
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
         self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            conn.close()
+        self._reader_conns.clear()
         if self._engine is not None:
             self._engine.dispose()
 
@@ -239,19 +256,46 @@ class SqlStore(store.Store):
                     break
                 batch.append(nxt)
             self._commit(batch)
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None
+
+    def _writer_conn(self) -> sa.Connection:
+        # The writer keeps one connection: a checkout and reset per commit would
+        # cost as much as the commit itself.
+        if self._wconn is None or self._wconn.invalidated or self._wconn.closed:
+            self._wconn = self._engine.connect()
+        return self._wconn
+
+    def _drop_writer_conn(self) -> None:
+        if self._wconn is not None:
+            try:
+                self._wconn.invalidate()
+                self._wconn.close()
+            except Exception:  # noqa: BLE001 - the connection is broken anyway
+                pass
+            self._wconn = None
+
+    def _transaction(self, ops: list[_Op]) -> None:
+        conn = self._writer_conn()
+        try:
+            with conn.begin():
+                self._apply(conn, ops)
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                self._drop_writer_conn()
+            raise
 
     def _commit(self, batch: list[_Op]) -> None:
         assert self._engine is not None
         try:
-            with self._engine.begin() as conn:
-                self._apply(conn, batch)
+            self._transaction(batch)
         except Exception:
             # Isolate the failing operation: replay one by one.
             for op in batch:
                 op.result = None
                 try:
-                    with self._engine.begin() as conn:
-                        self._apply(conn, [op])
+                    self._transaction([op])
                 except Exception as exc:  # reported to the caller, not swallowed
                     log.warning("store write failed", extra={"run_id": op.run_id, "error": repr(exc)})
                     op.error = StoreError(f"database write failed: {exc.__class__.__name__}")
@@ -279,10 +323,15 @@ class SqlStore(store.Store):
                 merged["last_seq"] = max(merged.get("last_seq", 0), ev.seq)
         if events:
             conn.execute(sa.insert(run_events), events)
+        by_columns: dict[tuple[str, ...], list[dict]] = {}
         for run_id, values in changes.items():
             if "state" in values:
                 values["state"] = int(values["state"])
-            conn.execute(sa.update(runs).where(runs.c.run_id == run_id).values(**values))
+            params = {"b_" + key: value for key, value in values.items()}
+            params["b_run_id"] = run_id
+            by_columns.setdefault(tuple(sorted(values)), []).append(params)
+        for columns, params in by_columns.items():
+            conn.execute(_update_statement(columns), params)
 
     def _apply_submits(self, conn: sa.Connection, submits: list[_Op]) -> None:
         keys = [op.record.request_id for op in submits if op.record.request_id]
@@ -312,22 +361,38 @@ class SqlStore(store.Store):
         if self._closed:
             raise StoreError("store is closed")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._readers, self._in_reader, fn, args)
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"database read failed: {exc.__class__.__name__}") from exc
+
+    def _in_reader(self, fn, args):
+        """Run fn(conn, *args) on this reader thread's own connection, in a
+        transaction that ends with the call (no snapshot outlives a read)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.invalidated or conn.closed:
+            conn = self._local.conn = self._engine.connect()
+            self._reader_conns.append(conn)
+        try:
+            with conn.begin():
+                return fn(conn, *args)
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                self._local.conn = None
+            raise
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         return await self._read(self._get_run, run_id)
 
-    def _get_run(self, run_id: str) -> RunRecord | None:
-        with self._engine.connect() as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
+    @staticmethod
+    def _get_run(conn: sa.Connection, run_id: str) -> RunRecord | None:
+        row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
         return _record(row) if row is not None else None
 
     async def list_runs(self, limit, after, state, kind) -> list[RunRecord]:
         return await self._read(self._list_runs, limit, after, state, kind)
 
-    def _list_runs(self, limit: int, after: Cursor | None, state, kind) -> list[RunRecord]:
+    @staticmethod
+    def _list_runs(conn: sa.Connection, limit: int, after: Cursor | None, state, kind) -> list[RunRecord]:
         query = sa.select(runs)
         if state is not None:
             query = query.where(runs.c.state == int(state))
@@ -336,59 +401,57 @@ class SqlStore(store.Store):
         if after is not None:
             query = query.where(sa.tuple_(runs.c.create_us, runs.c.run_id) < (after.create_us, after.run_id))
         query = query.order_by(runs.c.create_us.desc(), runs.c.run_id.desc()).limit(limit)
-        with self._engine.connect() as conn:
-            return [_record(row) for row in conn.execute(query)]
+        return [_record(row) for row in conn.execute(query)]
 
     async def list_events(self, run_id, after_seq, up_to_seq, limit) -> list[StoredEvent]:
         return await self._read(self._list_events, run_id, after_seq, up_to_seq, limit)
 
-    def _list_events(self, run_id: str, after_seq: int, up_to_seq: int | None, limit: int) -> list[StoredEvent]:
+    @staticmethod
+    def _list_events(conn: sa.Connection, run_id: str, after_seq: int, up_to_seq: int | None, limit: int) -> list[StoredEvent]:
         query = sa.select(run_events).where(run_events.c.run_id == run_id, run_events.c.seq > after_seq)
         if up_to_seq is not None:
             query = query.where(run_events.c.seq <= up_to_seq)
         query = query.order_by(run_events.c.seq).limit(limit)
-        with self._engine.connect() as conn:
-            return [StoredEvent(**row._mapping) for row in conn.execute(query)]
+        return [StoredEvent(**row._mapping) for row in conn.execute(query)]
 
     async def recover(self, replica, interrupted_event) -> tuple[list[str], list[RunRecord]]:
         return await self._read(self._recover, replica, interrupted_event)
 
-    def _recover(self, replica: str, interrupted_event) -> tuple[list[str], list[RunRecord]]:
+    def _recover(self, conn: sa.Connection, replica: str, interrupted_event) -> tuple[list[str], list[RunRecord]]:
         interrupted: list[str] = []
-        with self._engine.begin() as conn:
-            query = sa.select(runs).where(runs.c.state == int(RunState.RUNNING))
-            if not self._is_sqlite:  # other replicas' runs are rescued by lease expiry
-                query = query.where(runs.c.replica == replica)
-            for row in conn.execute(query).all():
-                record = _record(row)
-                ev, error = interrupted_event(record)
-                conn.execute(sa.insert(run_events).values(**_event_row(ev)))
-                conn.execute(
-                    sa.update(runs)
-                    .where(runs.c.run_id == record.run_id)
-                    .values(
-                        state=int(RunState.INTERRUPTED),
-                        end_us=ev.time_us,
-                        update_us=ev.time_us,
-                        last_seq=ev.seq,
-                        error=error,
-                    )
+        query = sa.select(runs).where(runs.c.state == int(RunState.RUNNING))
+        if not self._is_sqlite:  # other replicas' runs are rescued by lease expiry
+            query = query.where(runs.c.replica == replica)
+        for row in conn.execute(query).all():
+            record = _record(row)
+            ev, error = interrupted_event(record)
+            conn.execute(sa.insert(run_events).values(**_event_row(ev)))
+            conn.execute(
+                sa.update(runs)
+                .where(runs.c.run_id == record.run_id)
+                .values(
+                    state=int(RunState.INTERRUPTED),
+                    end_us=ev.time_us,
+                    update_us=ev.time_us,
+                    last_seq=ev.seq,
+                    error=error,
                 )
-                interrupted.append(record.run_id)
-            queued = [
-                _record(row)
-                for row in conn.execute(
-                    sa.select(runs).where(runs.c.state == int(RunState.QUEUED)).order_by(runs.c.create_us)
-                )
-            ]
+            )
+            interrupted.append(record.run_id)
+        queued = [
+            _record(row)
+            for row in conn.execute(
+                sa.select(runs).where(runs.c.state == int(RunState.QUEUED)).order_by(runs.c.create_us)
+            )
+        ]
         return interrupted, queued
 
     async def ping(self) -> None:
         await self._read(self._ping)
 
-    def _ping(self) -> None:
-        with self._engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+    @staticmethod
+    def _ping(conn: sa.Connection) -> None:
+        conn.execute(sa.text("SELECT 1"))
 
 
 def _resolve(batch: list[_Op]) -> None:
