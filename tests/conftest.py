@@ -109,3 +109,37 @@ async def events_of(stub, run_id: str, after_seq: int = 0, timeout: float = 20.0
 def final_state(events: list[pb.RunEvent]) -> int:
     changes = [e.state_change.state for e in events if e.WhichOneof("event") == "state_change"]
     return changes[-1] if changes else pb.RUN_STATE_UNSPECIFIED
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database on the server scripts/test started
+    (RUNNER_TEST_POSTGRES_URL); dropped afterwards. Skipped when no server was
+    started, unless RUNNER_TEST_REQUIRE_POSTGRES=1 (as in scripts/test)."""
+    base = os.environ.get("RUNNER_TEST_POSTGRES_URL")
+    if not base:
+        if os.environ.get("RUNNER_TEST_REQUIRE_POSTGRES") == "1":
+            pytest.fail("RUNNER_TEST_POSTGRES_URL is not set but PostgreSQL is required")
+        pytest.skip("no PostgreSQL server (run scripts/test)")
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    """Each test using it runs once on a SQLite file and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    return request.getfixturevalue("postgres_url")
