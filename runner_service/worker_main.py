@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import traceback
 
 from runner_service import jobs
@@ -18,11 +19,38 @@ from runner_service.context import JobCancelled, JobContext
 MAX_ERROR_CHARS = 4000
 
 
+def _die_with_parent() -> None:
+    """Never outlive the runner, even while a job ignores everything: the worker's
+    parent (the forkserver) exits when the runner dies, and then so do we."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() == 1:  # the parent died before prctl took effect
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+PR_SET_PDEATHSIG = 1
+
+
 def main(conn, cancel_flag, targets: dict[str, str]) -> None:
     # Ctrl-C and SIGTERM reach the whole process group: the parent decides what
     # happens to running jobs, so a worker ignores them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
     registry = jobs.Registry(targets)
     lock = threading.Lock()
 
