@@ -164,6 +164,10 @@ class Scheduler:
             return self._by_request_id[rid].record, False
         waiting = len(self._queue) + self._reserved
         if waiting >= self._settings.max_queued + self.pool.idle_count:
+            # A retry of a submission that was already accepted is not new work.
+            existing = await self._store.get_run_by_request_id(rid) if rid is not None else None
+            if existing is not None:
+                return existing, False
             raise errors.QueueFull(waiting)
         now = now_us()
         record = RunRecord(

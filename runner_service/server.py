@@ -69,6 +69,16 @@ class RunnerApp:
         log.info("runner listening", extra={"listen": self.settings.listen, "port": self.port})
         return self.port
 
+    async def abort(self) -> None:
+        """Release what a failed start() opened."""
+        self.scheduler.draining = True
+        try:
+            await self.scheduler.pool.stop(timeout_s=1.0)
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+        await self.server.stop(None)
+        await self.store.close()
+
     async def stop(self) -> None:
         """Graceful shutdown, in this order: health NOT_SERVING and new submissions
         refused (DRAINING); wait drain_period; running runs get shutdown_grace,
@@ -93,7 +103,14 @@ class RunnerApp:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     app = RunnerApp(settings)
-    await app.start()
+    try:
+        await app.start()
+    except Exception as exc:
+        # Migrations, the database or the port failed: say so and exit non-zero.
+        log.critical("runner failed to start: %s", exc)
+        log.debug("start-up failure", exc_info=True)
+        await app.abort()
+        raise SystemExit(1) from None
     print(f"runner: gRPC on {settings.listen} (health: grpc.health.v1)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

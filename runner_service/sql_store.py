@@ -388,6 +388,14 @@ class SqlStore(store.Store):
         row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
         return _record(row) if row is not None else None
 
+    async def get_run_by_request_id(self, request_id: str) -> RunRecord | None:
+        return await self._read(self._get_run_by_request_id, request_id)
+
+    @staticmethod
+    def _get_run_by_request_id(conn: sa.Connection, request_id: str) -> RunRecord | None:
+        row = conn.execute(sa.select(runs).where(runs.c.request_id == request_id)).first()
+        return _record(row) if row is not None else None
+
     async def list_runs(self, limit, after, state, kind) -> list[RunRecord]:
         return await self._read(self._list_runs, limit, after, state, kind)
 

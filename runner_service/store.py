@@ -91,6 +91,9 @@ class Store(abc.ABC):
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
     @abc.abstractmethod
+    async def get_run_by_request_id(self, request_id: str) -> RunRecord | None: ...
+
+    @abc.abstractmethod
     async def list_runs(
         self, limit: int, after: Cursor | None, state: RunState | None, kind: str | None
     ) -> list[RunRecord]:

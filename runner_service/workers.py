@@ -117,6 +117,8 @@ class WorkerPool:
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Ask every worker to stop, kill those that do not within timeout_s."""
         self._stopping = True
+        if self._loop is None:
+            return
         workers = list(self._workers.values())
         for worker in workers:
             try:
