@@ -44,7 +44,7 @@ class CancelReason(enum.Enum):
     CALL_CANCELLED = "execute call cancelled"
     DEADLINE = "deadline"
     SHUTDOWN = "shutdown"
-    WORKER_LOST = "worker lost"
+    WORKER_LOST = "worker stopped heartbeating"
 
     @property
     def final_state(self) -> RunState:

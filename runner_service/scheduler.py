@@ -50,7 +50,7 @@ def final_error(state: RunState, message: str, reason: str | None = None) -> sta
 class LiveRun:
     __slots__ = (
         "record", "spec", "channel", "cancel_reason", "worker", "token", "deadline_handle",
-        "kill_handle", "pending_progress", "unwritten", "unwritten_changes", "done", "finishing",
+        "kill_handle", "pending_progress", "unwritten", "unwritten_changes", "done", "finishing", "last_beat",
     )
 
     def __init__(self, record: RunRecord, spec: pb.RunSpec, channel: RunChannel, done: asyncio.Future) -> None:
@@ -67,6 +67,7 @@ class LiveRun:
         self.unwritten_changes: dict = {}
         self.done = done  # resolved with the final state once it is committed
         self.finishing = False
+        self.last_beat = 0.0  # loop time of the last sign of life of its worker
 
 
 class Scheduler:
@@ -75,7 +76,9 @@ class Scheduler:
         self._store = store
         self._hub = hub
         self.job_targets = job_targets if job_targets is not None else jobs.discover()
-        self.pool = WorkerPool(settings.workers, self.job_targets, self._on_message, self._on_worker_exit)
+        self.pool = WorkerPool(
+            settings.workers, self.job_targets, self._on_message, self._on_worker_exit, settings.heartbeat_interval_s
+        )
         self.pool.on_idle = self._dispatch
         self._queue: collections.deque[LiveRun] = collections.deque()
         self._live: dict[str, LiveRun] = {}
@@ -87,6 +90,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task] = set()
         self._flusher: asyncio.Task | None = None
         self._state_flush: asyncio.TimerHandle | None = None
+        self._liveness: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
 
@@ -102,6 +106,8 @@ class Scheduler:
         await self.pool.start()
         self._flusher = self._loop.create_task(self._flush_progress_forever(), name="progress-flusher")
         self._flusher.add_done_callback(self._supervise)
+        self._liveness = self._loop.create_task(self._check_liveness_forever(), name="liveness-check")
+        self._liveness.add_done_callback(self._supervise)
         self._dispatch()
 
     def _interrupted_on_restart(self, record: RunRecord):
@@ -133,12 +139,13 @@ class Scheduler:
         for live in list(self._queue):
             self._release_live(live)
         self._queue.clear()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                pass
+        for task in (self._flusher, self._liveness):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self._flush_dirty()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
@@ -243,6 +250,7 @@ class Scheduler:
             return
         live.token = token
         live.worker = worker
+        live.last_beat = self._loop.time()
         self._by_token[token] = live
         now = now_us()
         previous = record.state
@@ -311,6 +319,9 @@ class Scheduler:
             return  # a late message of a run already ended
         kind = msg[0]
         record = live.record
+        live.last_beat = self._loop.time()
+        if kind == "heartbeat":
+            return
         if kind == "progress":
             _, _, done, total, message = msg
             now = now_us()
@@ -354,7 +365,10 @@ class Scheduler:
         if live is None or live.finishing:
             return
         live.worker = None  # nothing to release: the process is gone
-        if worker.killed and live.cancel_reason is not None:
+        if worker.killed and live.cancel_reason is CancelReason.WORKER_LOST:
+            message = f"the worker sent no heartbeat for {self._settings.heartbeat_timeout_s:g} s and was killed"
+            self._finish(live, RunState.FAILED, "worker lost", error=final_error(RunState.FAILED, message, "WORKER_LOST"))
+        elif worker.killed and live.cancel_reason is not None:
             state = live.cancel_reason.final_state
             message = f"run stopped: {live.cancel_reason.value} (the job ignored cancellation; its worker was killed)"
             self._finish(live, state, live.cancel_reason.value, error=final_error(state, message))
@@ -407,6 +421,20 @@ class Scheduler:
             return
         log.warning("job ignored cancellation; killing its worker", extra={"run_id": live.record.run_id})
         self.pool.kill(live.worker)  # reports the exit: _on_worker_exit finishes the run
+
+    async def _check_liveness_forever(self) -> None:
+        timeout = self._settings.heartbeat_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = self._loop.time()
+            for live in list(self._live.values()):
+                if live.worker is not None and not live.finishing and now - live.last_beat > timeout:
+                    log.error(
+                        "run's worker stopped heartbeating; killing it",
+                        extra={"run_id": live.record.run_id, "silent_s": round(now - live.last_beat, 1)},
+                    )
+                    live.cancel_reason = CancelReason.WORKER_LOST
+                    self.pool.kill(live.worker)  # _on_worker_exit ends the run FAILED
 
     def _on_deadline(self, live: LiveRun) -> None:
         live.deadline_handle = None

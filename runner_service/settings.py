@@ -19,6 +19,10 @@ class Settings:
     max_queued: int = 20
     max_heavy_concurrent: int = 2
     cancel_grace_s: float = 2.0
+    # A running job's worker beats every heartbeat_interval_s; a run with no beat
+    # for heartbeat_timeout_s has a stuck worker, which is killed (run FAILED).
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 10.0
     drain_period_s: float = 1.0
     shutdown_grace_s: float = 5.0
     # Per-watcher bound on undelivered state changes, logs and results.

@@ -45,7 +45,20 @@ def _die_with_parent() -> None:
 PR_SET_PDEATHSIG = 1
 
 
-def main(conn, cancel_flag, targets: dict[str, str]) -> None:
+def _heartbeat(send, current: list[int], interval_s: float) -> None:
+    """Beat for the running job from a thread: it keeps beating while the job
+    computes, and stops only when the whole process is stuck (or stopped)."""
+    while True:
+        time.sleep(interval_s)
+        token = current[0]
+        if token:
+            try:
+                send(("heartbeat", token))
+            except OSError:
+                return
+
+
+def main(conn, cancel_flag, targets: dict[str, str], heartbeat_s: float = 1.0) -> None:
     # Ctrl-C and SIGTERM reach the whole process group: the parent decides what
     # happens to running jobs, so a worker ignores them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -58,6 +71,8 @@ def main(conn, cancel_flag, targets: dict[str, str]) -> None:
         with lock:
             conn.send(msg)
 
+    current = [0]
+    threading.Thread(target=_heartbeat, args=(send, current, heartbeat_s), name="heartbeat", daemon=True).start()
     send(("ready", os.getpid()))
     while True:
         try:
@@ -68,6 +83,7 @@ def main(conn, cancel_flag, targets: dict[str, str]) -> None:
             return
         _, token, run_id, kind, params, deadline = msg
         ctx = JobContext(run_id, token, send, cancel_flag, deadline)
+        current[0] = token
         try:
             fn = registry.get(kind)
             result = fn(params, ctx)
@@ -84,6 +100,8 @@ def main(conn, cancel_flag, targets: dict[str, str]) -> None:
                 send(("failed", token, type(exc).__name__, "the job tried to exit its worker"))
             else:
                 send(("failed", token, type(exc).__name__, _describe(exc)))
+        finally:
+            current[0] = 0
 
 
 def _describe(exc: BaseException) -> str:

@@ -52,8 +52,10 @@ class WorkerPool:
         targets: dict[str, str],
         on_message: Callable[[Worker, tuple], None],
         on_exit: Callable[[Worker], None],
+        heartbeat_s: float = 1.0,
     ) -> None:
         self.size = size
+        self._heartbeat_s = heartbeat_s
         self._targets = targets
         self._on_message = on_message
         self._on_exit = on_exit
@@ -95,7 +97,7 @@ class WorkerPool:
         wid = next(self._ids)
         process = self._ctx.Process(
             target=worker_main.main,
-            args=(child_conn, flag, self._targets),
+            args=(child_conn, flag, self._targets, self._heartbeat_s),
             name=f"runner-worker-{wid}",
             daemon=True,
         )
