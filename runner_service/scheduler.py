@@ -47,6 +47,11 @@ def final_error(state: RunState, message: str, reason: str | None = None) -> sta
     return errors.error_status(message, reason or _FINAL_REASONS[state], _FINAL_CODES[state])
 
 
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class LiveRun:
     __slots__ = (
         "record", "spec", "channel", "cancel_reason", "worker", "token", "deadline_handle",
@@ -195,6 +200,7 @@ class Scheduler:
         # The commit and the enqueueing that follows it must happen even if the
         # caller goes away meanwhile: they run in their own task.
         task = self._loop.create_task(self._store_and_enqueue(record, request.spec, first))
+        task.add_done_callback(_retrieve)  # a caller that left cannot see the failure
         return await asyncio.shield(task)
 
     async def _store_and_enqueue(self, record: RunRecord, spec: pb.RunSpec, first: pb.RunEvent):
