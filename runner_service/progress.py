@@ -21,7 +21,9 @@ def is_progress(event: pb.RunEvent) -> bool:
 class Subscription:
     """One watcher's queue. Items come out in seq order."""
 
-    __slots__ = ("_items", "_waiter", "_pending_important", "_max_pending", "overflowed", "closed", "last_seq")
+    __slots__ = (
+        "_items", "_waiter", "_pending_important", "_max_pending", "overflowed", "closed", "aborted", "last_seq",
+    )
 
     def __init__(self, max_pending: int) -> None:
         self._items: collections.deque[pb.RunEvent] = collections.deque()
@@ -30,6 +32,7 @@ class Subscription:
         self._max_pending = max_pending
         self.overflowed = False
         self.closed = False  # no more events will come (terminal published or channel dropped)
+        self.aborted = False  # the stream ends before the run does (the server is shutting down)
         self.last_seq = 0  # highest seq handed to the watcher
 
     def push(self, event: pb.RunEvent) -> None:
@@ -49,8 +52,9 @@ class Subscription:
                 self._items.append(event)
         self._wake()
 
-    def close(self) -> None:
+    def close(self, aborted: bool = False) -> None:
         self.closed = True
+        self.aborted = aborted
         self._wake()
 
     def _wake(self) -> None:
@@ -60,7 +64,8 @@ class Subscription:
 
     async def next(self) -> pb.RunEvent | None:
         """The next event, or None once the stream is over. Raises OverflowError
-        when the watcher fell too far behind."""
+        when the watcher fell too far behind, ConnectionAbortedError when the
+        stream was cut before the run's end."""
         while True:
             if self.overflowed:
                 raise OverflowError(self.last_seq)
@@ -73,6 +78,8 @@ class Subscription:
                 self.last_seq = event.seq
                 return event
             if self.closed:
+                if self.aborted:
+                    raise ConnectionAbortedError(self.last_seq)
                 return None
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -156,11 +163,12 @@ class RunChannel:
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
 
-    def close(self) -> None:
-        """The run is over (its terminal event was published): end every watcher."""
+    def close(self, aborted: bool = False) -> None:
+        """End every watcher: after the terminal event, or (aborted) because this
+        process stops owning the run before its end."""
         self.closed = True
         for sub in self._subs:
-            sub.close()
+            sub.close(aborted)
         self._subs.clear()
 
     @property
@@ -183,10 +191,10 @@ class Hub:
     def get(self, run_id: str) -> RunChannel | None:
         return self._channels.get(run_id)
 
-    def drop(self, run_id: str) -> None:
+    def drop(self, run_id: str, aborted: bool = False) -> None:
         channel = self._channels.pop(run_id, None)
         if channel is not None:
-            channel.close()
+            channel.close(aborted)
 
     def channels(self) -> Iterable[RunChannel]:
         return list(self._channels.values())

@@ -141,8 +141,8 @@ class Scheduler:
         pending = [live.done for live in self._live.values() if live.finishing or live.worker is not None]
         if pending:
             await asyncio.wait(pending, timeout=self._settings.cancel_grace_s + 2.0)
-        for live in list(self._queue):
-            self._release_live(live)
+        for live in list(self._queue):  # stays QUEUED in the store; its watchers must reconnect
+            self._release_live(live, aborted=True)
         self._queue.clear()
         for task in (self._flusher, self._liveness):
             if task is not None:
@@ -500,9 +500,12 @@ class Scheduler:
         if not live.done.done():
             live.done.set_result(live.record.state)
 
-    def _release_live(self, live: LiveRun) -> None:
+    def _release_live(self, live: LiveRun, aborted: bool = False) -> None:
         run_id = live.record.run_id
-        self._hub.drop(run_id)
+        for handle in (live.deadline_handle, live.kill_handle):
+            if handle is not None:
+                handle.cancel()
+        self._hub.drop(run_id, aborted)
         self._live.pop(run_id, None)
         if live.record.request_id:
             self._by_request_id.pop(live.record.request_id, None)
@@ -562,6 +565,8 @@ class Scheduler:
                     event = await sub.next()
                 except OverflowError:
                     raise errors.WatcherTooSlow(sub.last_seq) from None
+                except ConnectionAbortedError:
+                    raise errors.Draining() from None
                 if event is None:
                     return
                 yield event

@@ -80,3 +80,11 @@ async def test_subscriber_before_history_start_reads_the_store_up_to_persisted()
     channel.mark_persisted(11)
     replay_up_to, tail, _sub = channel.subscribe(after_seq=11)
     assert replay_up_to == 11 and tail == []
+
+
+async def test_an_aborted_channel_ends_its_watchers_with_an_error():
+    channel = RunChannel("r", last_seq=1, max_pending=10)
+    _, _, sub = channel.subscribe(after_seq=1)
+    channel.close(aborted=True)
+    with pytest.raises(ConnectionAbortedError):
+        await sub.next()
