@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import itertools
 import logging
 import uuid
@@ -208,10 +209,13 @@ class Scheduler:
             stored, created = await self._store.submit(record, convert.event_to_stored(first))
         finally:
             self._reserved -= 1
-        if created:
-            self._adopt(stored, spec, first)
-            self._dispatch()
-        return stored, created
+        if not created:
+            return stored, False
+        # The caller gets the run as accepted (QUEUED), whatever happens next.
+        accepted = dataclasses.replace(stored, labels=dict(stored.labels))
+        self._adopt(stored, spec, first)
+        self._dispatch()
+        return accepted, True
 
     def _adopt(self, record: RunRecord, spec: pb.RunSpec | None = None, first: pb.RunEvent | None = None) -> LiveRun:
         if spec is None:
