@@ -12,7 +12,7 @@ DEFAULT_MAX_STRING_LEN_FIELD_NUMBER: _ClassVar[int]
 default_max_string_len: _descriptor.FieldDescriptor
 
 class FieldLimits(_message.Message):
-    __slots__ = ("required", "min", "max", "min_len", "max_len", "min_items", "max_items", "struct_max_depth", "struct_max_keys", "min_seconds", "max_seconds", "pattern")
+    __slots__ = ("required", "min", "max", "min_len", "max_len", "min_items", "max_items", "struct_max_depth", "struct_max_keys", "min_seconds", "max_seconds", "pattern", "struct_max_values")
     REQUIRED_FIELD_NUMBER: _ClassVar[int]
     MIN_FIELD_NUMBER: _ClassVar[int]
     MAX_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class FieldLimits(_message.Message):
     MIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
+    STRUCT_MAX_VALUES_FIELD_NUMBER: _ClassVar[int]
     required: bool
     min: float
     max: float
@@ -37,4 +38,5 @@ class FieldLimits(_message.Message):
     min_seconds: float
     max_seconds: float
     pattern: str
-    def __init__(self, required: _Optional[bool] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., min_len: _Optional[int] = ..., max_len: _Optional[int] = ..., min_items: _Optional[int] = ..., max_items: _Optional[int] = ..., struct_max_depth: _Optional[int] = ..., struct_max_keys: _Optional[int] = ..., min_seconds: _Optional[float] = ..., max_seconds: _Optional[float] = ..., pattern: _Optional[str] = ...) -> None: ...
+    struct_max_values: int
+    def __init__(self, required: _Optional[bool] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., min_len: _Optional[int] = ..., max_len: _Optional[int] = ..., min_items: _Optional[int] = ..., max_items: _Optional[int] = ..., struct_max_depth: _Optional[int] = ..., struct_max_keys: _Optional[int] = ..., min_seconds: _Optional[float] = ..., max_seconds: _Optional[float] = ..., pattern: _Optional[str] = ..., struct_max_values: _Optional[int] = ...) -> None: ...
