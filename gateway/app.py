@@ -1,0 +1,63 @@
+"""The gateway application: routes from the schema, health probes, OpenAPI, one channel.
+
+``create_app(settings)`` wires the parts; nothing connects before the lifespan starts, which
+opens the one ``grpc.aio`` channel all requests share and closes it on shutdown.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable
+
+from google.protobuf.descriptor import FileDescriptor
+from google.rpc import code_pb2
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.routing import Route
+
+from gateway import errors, openapi, routing, rules
+from gateway.health import Probes
+from gateway.settings import Settings
+from gateway.upstream import Upstream
+from protos.runner.v1 import runner_pb2
+
+
+def create_app(
+    settings: Settings,
+    upstream: Upstream | None = None,
+    files: Iterable[FileDescriptor] = (runner_pb2.DESCRIPTOR,),
+) -> Starlette:
+    """The ASGI application for ``settings``. ``files`` are the schema files whose annotated
+    services become routes; ``upstream`` defaults to a channel to ``settings.upstream``."""
+    upstream = upstream if upstream is not None else Upstream(settings)
+    http_rules = rules.load(files)
+    document = openapi.document(http_rules)
+    probes = Probes(upstream, settings)
+
+    async def openapi_json(request: Request):
+        return openapi.response(document)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await upstream.open()
+        try:
+            yield
+        finally:
+            await upstream.close()
+
+    return Starlette(
+        routes=[
+            *probes.routes(),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+            *routing.build_routes(http_rules, upstream, settings),
+        ],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_exception},
+    )
+
+
+async def _http_exception(request: Request, exc: HTTPException):
+    """Starlette's own 404/405 as google.rpc.Status JSON, like every other error."""
+    code = {404: code_pb2.NOT_FOUND, 405: code_pb2.UNIMPLEMENTED}.get(exc.status_code, code_pb2.UNKNOWN)
+    message = f"no route for {request.method} {request.url.path}" if exc.status_code == 404 else exc.detail
+    return errors.response(errors.status(code, message), exc.status_code, dict(exc.headers or {}))

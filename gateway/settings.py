@@ -1,0 +1,72 @@
+"""The gateway's settings: frozen, read once from ``GATEWAY_*`` environment variables."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    #: HTTP address the gateway listens on.
+    listen: str = "127.0.0.1:8080"
+    #: gRPC target of the runner (any grpc target: "host:port", "dns:///runners:50051").
+    upstream: str = "127.0.0.1:50051"
+    #: Deadline of a unary call when the request has no Grpc-Timeout header.
+    unary_timeout_s: float = 10.0
+    #: Deadline of the readiness Check on the runner.
+    health_timeout_s: float = 1.0
+    #: Largest request body accepted (413 beyond).
+    max_body_bytes: int = 1024 * 1024
+    #: SSE keep-alive comment interval while a stream is idle.
+    keepalive_s: float = 15.0
+    #: How long a stream waits for its first upstream event before sending HTTP headers: an
+    #: error within that time gets its own HTTP status, a later one ends the stream.
+    stream_open_wait_s: float = 1.0
+    #: Upper bound of the channel's reconnect backoff, so a restarted runner is found quickly.
+    reconnect_backoff_max_s: float = 2.0
+    #: Load-balancing policy over the upstream's addresses ("round_robin" over DNS replicas).
+    lb_policy: str = "round_robin"
+    log_level: str = "info"
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+_FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
+
+
+def from_env(env: Mapping[str, str] | None = None, **overrides) -> Settings:
+    """Settings from ``GATEWAY_<NAME>`` variables (e.g. ``GATEWAY_UNARY_TIMEOUT_S=5``), then
+    ``overrides``. Raises ValueError for a malformed or out-of-range value."""
+    env = os.environ if env is None else env
+    values: dict = {}
+    for name, field in _FIELDS.items():
+        raw = env.get("GATEWAY_" + name.upper())
+        if raw is None:
+            continue
+        kind = type(field.default)
+        try:
+            values[name] = kind(raw)
+        except ValueError:
+            raise ValueError(f"GATEWAY_{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+    values.update(overrides)
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    if ":" not in settings.listen:
+        raise ValueError(f"listen must be host:port, not {settings.listen!r}")
+    settings.port  # noqa: B018 - raises ValueError when the port is not a number
+    for name in ("unary_timeout_s", "health_timeout_s", "keepalive_s", "stream_open_wait_s", "reconnect_backoff_max_s"):
+        if getattr(settings, name) <= 0:
+            raise ValueError(f"{name} must be positive")
+    if settings.max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be positive")
