@@ -19,6 +19,7 @@ from runner_service.store import Store, StoreError
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
+DEADLINE_SKEW_S = 0.1
 
 
 def _check(request) -> None:
@@ -96,8 +97,11 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         finally:
             if not finished:
                 # The run is tied to this call: record why before it is stopped.
+                # A client whose deadline passes cancels the call itself, often a
+                # moment before the server's own timer fires: allow for that skew.
                 remaining = context.time_remaining()
-                reason = CancelReason.DEADLINE if remaining is not None and remaining <= 0 else CancelReason.CALL_CANCELLED
+                deadline_passed = remaining is not None and remaining <= DEADLINE_SKEW_S
+                reason = CancelReason.DEADLINE if deadline_passed else CancelReason.CALL_CANCELLED
                 self._scheduler.cancel_nowait(record.run_id, reason)
 
     @unary
