@@ -45,6 +45,7 @@ class CancelReason(enum.Enum):
     DEADLINE = "deadline"
     SHUTDOWN = "shutdown"
     WORKER_LOST = "worker stopped heartbeating"
+    RESTART = "workers restarted by an operator"
 
     @property
     def final_state(self) -> RunState:
@@ -57,6 +58,7 @@ _FINAL_STATE = {
     CancelReason.DEADLINE: RunState.DEADLINE_EXCEEDED,
     CancelReason.SHUTDOWN: RunState.INTERRUPTED,
     CancelReason.WORKER_LOST: RunState.FAILED,
+    CancelReason.RESTART: RunState.INTERRUPTED,
 }
 
 

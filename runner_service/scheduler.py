@@ -22,6 +22,7 @@ from runner_service import convert, errors, jobs
 from runner_service.progress import Hub, RunChannel
 from runner_service.runs import CancelReason, RunState, kind_of
 from runner_service.store import RunRecord, Store, StoreError, now_us
+from runner_service.watchdog import Watchdog
 from runner_service.workers import Worker, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,19 @@ class Scheduler:
         self._store = store
         self._hub = hub
         self.job_targets = job_targets if job_targets is not None else jobs.discover()
+        watchdog = Watchdog(
+            window_s=settings.watchdog_window_s,
+            cooldown_threshold=settings.watchdog_cooldown_threshold,
+            block_threshold=settings.watchdog_block_threshold,
+            cooldown_s=settings.watchdog_cooldown_s,
+        )
         self.pool = WorkerPool(
-            settings.workers, self.job_targets, self._on_message, self._on_worker_exit, settings.heartbeat_interval_s
+            settings.workers,
+            self.job_targets,
+            self._on_message,
+            self._on_worker_exit,
+            settings.heartbeat_interval_s,
+            watchdog,
         )
         self.pool.on_idle = self._dispatch
         self._queue: collections.deque[LiveRun] = collections.deque()
@@ -375,7 +387,7 @@ class Scheduler:
         if live is None or live.finishing:
             return
         live.worker = None  # nothing to release: the process is gone
-        if worker.killed and live.cancel_reason is CancelReason.WORKER_LOST:
+        if live.cancel_reason is CancelReason.WORKER_LOST:
             message = f"the worker sent no heartbeat for {self._settings.heartbeat_timeout_s:g} s and was killed"
             self._finish(live, RunState.FAILED, "worker lost", error=final_error(RunState.FAILED, message, "WORKER_LOST"))
         elif worker.killed and live.cancel_reason is not None:
@@ -444,11 +456,24 @@ class Scheduler:
                         extra={"run_id": live.record.run_id, "silent_s": round(now - live.last_beat, 1)},
                     )
                     live.cancel_reason = CancelReason.WORKER_LOST
-                    self.pool.kill(live.worker)  # _on_worker_exit ends the run FAILED
+                    self.pool.kill(live.worker, churn=True)  # _on_worker_exit ends the run FAILED
 
     def _on_deadline(self, live: LiveRun) -> None:
         live.deadline_handle = None
         self._request_cancel(live, CancelReason.DEADLINE)
+
+    async def restart_workers(self, grace_s: float) -> None:
+        """Replace every worker process: idle ones at once, busy ones when their run
+        ends; runs still running after grace_s are stopped and stored INTERRUPTED."""
+        retiring = self.pool.retire_all()
+        busy = [self._by_token[w.token].done for w in retiring if w.token in self._by_token]
+        if busy:
+            await asyncio.wait(busy, timeout=grace_s)
+        for worker in retiring:
+            live = self._by_token.get(worker.token) if worker.alive and worker.token else None
+            if live is not None:
+                self._request_cancel(live, CancelReason.RESTART, grace_s=min(1.0, self._settings.cancel_grace_s))
+        await self.pool.wait_ready(timeout_s=30.0)
 
     # ------------------------------------------------------------ the end of a run
 

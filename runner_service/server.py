@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 from protos.runner.v1 import runner_pb2, runner_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from runner_service import servicer as servicer_mod
+from runner_service.audit import AuditLog
 from runner_service.health import Health
 from runner_service.progress import Hub
 from runner_service.scheduler import Scheduler
@@ -39,7 +40,10 @@ class RunnerApp:
         runner_pb2_grpc.add_RunnerServiceServicer_to_server(
             servicer_mod.RunnerServicer(self.scheduler, self.store), self.server
         )
-        runner_pb2_grpc.add_AdminServiceServicer_to_server(servicer_mod.AdminServicer(), self.server)
+        self.audit = AuditLog(settings.audit_log_path)
+        runner_pb2_grpc.add_AdminServiceServicer_to_server(
+            servicer_mod.AdminServicer(self.scheduler, settings, self.audit), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         reflection.enable_server_reflection(
             (

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import logging
 
 import grpc
@@ -11,7 +12,8 @@ from google.rpc import error_details_pb2
 from protos import validation
 from protos.runner.v1 import runner_pb2 as pb
 from protos.runner.v1 import runner_pb2_grpc
-from runner_service import convert, errors
+from runner_service import convert, errors, watchdog
+from runner_service.audit import AuditLog
 from runner_service.runs import CancelReason, RunState
 from runner_service.scheduler import Scheduler
 from runner_service.store import Store, StoreError
@@ -160,10 +162,78 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
 
 
 class AdminServicer(runner_pb2_grpc.AdminServiceServicer):
-    @unary
-    async def GetStatus(self, request, context):
-        raise errors.Unimplemented("AdminService.GetStatus is not implemented yet")
+    """Operator endpoints, behind `authorization: Bearer <RUNNER_ADMIN_TOKEN>`."""
+
+    def __init__(self, scheduler: Scheduler, settings, audit: AuditLog) -> None:
+        self._scheduler = scheduler
+        self._settings = settings
+        self._audit = audit
+
+    def _authorize(self, context) -> None:
+        header = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                header = value if isinstance(value, str) else value.decode("latin-1")
+        if not header:
+            raise errors.Unauthenticated("missing credentials: send 'authorization: Bearer <token>'")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.Unauthenticated("malformed authorization header: expected 'Bearer <token>'")
+        expected = self._settings.admin_token
+        if not expected:
+            raise errors.PermissionDenied("the admin API is disabled on this runner (RUNNER_ADMIN_TOKEN is not set)")
+        if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            raise errors.PermissionDenied("the token is not allowed to use the admin API")
+
+    def _status(self) -> pb.AdminStatus:
+        pool = self._scheduler.pool
+        dog = pool.watchdog
+        policy = dog.policy()
+        status = pb.AdminStatus(queued=self._scheduler.queued, running=self._scheduler.running)
+        status.workers.size = pool.size
+        status.workers.alive = len(pool.alive_workers())
+        status.workers.busy = pool.busy_count
+        status.workers.restarts_total = dog.restarts_total
+        watch = status.watchdog
+        watch.policy_state = _POLICY_STATES[policy.state]
+        watch.restarts_in_window = policy.restarts_in_window
+        watch.window.FromNanoseconds(int(dog.window_s * 1e9))
+        watch.cooldown_remaining.FromNanoseconds(int(policy.cooldown_remaining_s * 1e9))
+        watch.cooldown_threshold = dog.cooldown_threshold
+        watch.block_threshold = dog.block_threshold
+        watch.recommended_action = policy.recommended_action
+        return status
 
     @unary
-    async def RestartWorkers(self, request, context):
-        raise errors.Unimplemented("AdminService.RestartWorkers is not implemented yet")
+    async def GetStatus(self, request: pb.GetStatusRequest, context) -> pb.AdminStatus:
+        self._authorize(context)
+        return self._status()
+
+    @unary
+    async def RestartWorkers(self, request: pb.RestartWorkersRequest, context) -> pb.RestartWorkersResponse:
+        self._authorize(context)
+        _check(request)
+        policy = self._scheduler.pool.watchdog.policy()
+        override = policy.state == watchdog.BLOCKED
+        if override and not request.acknowledge_override:
+            raise errors.FailedPrecondition(
+                f"worker restarts are blocked: {policy.restarts_in_window} crashes in the last "
+                f"{self._scheduler.pool.watchdog.window_s:g} s; set acknowledge_override to restart anyway"
+            )
+        await self._audit.record(
+            "restart_workers",
+            override=override,
+            reason=request.reason,
+            policy_state=policy.state,
+            restarts_in_window=policy.restarts_in_window,
+            peer=context.peer(),
+        )
+        await self._scheduler.restart_workers(self._settings.shutdown_grace_s)
+        return pb.RestartWorkersResponse(status=self._status(), override_used=override)
+
+
+_POLICY_STATES = {
+    watchdog.ALLOWED: pb.ALLOWED,
+    watchdog.COOLING_DOWN: pb.COOLING_DOWN,
+    watchdog.BLOCKED: pb.BLOCKED,
+}

@@ -33,7 +33,13 @@ class Settings:
     db_query_timeout_s: float = 10.0
     slow_query_concurrency: int = 5
     max_message_bytes: int = 4 * 1024 * 1024
+    # AdminService bearer token; empty disables the admin API (PERMISSION_DENIED).
     admin_token: str = ""
+    audit_log_path: str = "var/audit.log"
+    watchdog_window_s: float = 60.0
+    watchdog_cooldown_threshold: int = 3
+    watchdog_block_threshold: int = 6
+    watchdog_cooldown_s: float = 5.0
     log_level: str = "INFO"
     log_json: bool = True
     use_uvloop: bool = True

@@ -17,12 +17,13 @@ import signal
 from typing import Callable
 
 from runner_service import worker_main
+from runner_service.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
 
 class Worker:
-    __slots__ = ("id", "process", "conn", "cancel_flag", "token", "ready", "alive", "killed")
+    __slots__ = ("id", "process", "conn", "cancel_flag", "token", "ready", "alive", "killed", "retiring")
 
     def __init__(self, wid: int, process, conn, cancel_flag) -> None:
         self.id = wid
@@ -32,7 +33,8 @@ class Worker:
         self.token = 0  # token of the run it executes, 0 when idle
         self.ready = False
         self.alive = True
-        self.killed = False
+        self.killed = False  # killed by the pool: not churn
+        self.retiring = False  # being replaced by an operator restart
 
     @property
     def pid(self) -> int | None:
@@ -53,9 +55,11 @@ class WorkerPool:
         on_message: Callable[[Worker, tuple], None],
         on_exit: Callable[[Worker], None],
         heartbeat_s: float = 1.0,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.size = size
         self._heartbeat_s = heartbeat_s
+        self.watchdog = watchdog or Watchdog()
         self._targets = targets
         self._on_message = on_message
         self._on_exit = on_exit
@@ -85,7 +89,8 @@ class WorkerPool:
         await asyncio.wait_for(waiter, timeout_s)
 
     def _check_ready(self) -> None:
-        if len(self.alive_workers()) >= self.size and all(w.ready for w in self.alive_workers()):
+        alive = self.alive_workers()
+        if len(alive) >= self.size and all(w.ready and not w.retiring for w in alive):
             for waiter in self._ready_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -141,13 +146,13 @@ class WorkerPool:
     def idle(self) -> Worker | None:
         while self._idle:
             worker = self._idle.pop()
-            if worker.alive and worker.token == 0:
+            if worker.alive and worker.token == 0 and not worker.retiring:
                 return worker
         return None
 
     @property
     def idle_count(self) -> int:
-        return sum(1 for w in self._idle if w.alive and w.token == 0)
+        return sum(1 for w in self._idle if w.alive and w.token == 0 and not w.retiring)
 
     def assign(self, worker: Worker, token: int, run_id: str, kind: str, params: dict, deadline: float | None) -> None:
         worker.token = token
@@ -161,15 +166,36 @@ class WorkerPool:
     def release(self, worker: Worker) -> None:
         """The worker finished its run and is free again."""
         worker.token = 0
+        if worker.retiring:
+            self._retire(worker)
+            return
         if worker.alive and not self._stopping:
             self._idle.append(worker)
             if self.on_idle is not None:
                 self.on_idle()
 
-    def kill(self, worker: Worker) -> None:
-        """SIGKILL the worker (a job that ignored cancellation); it is replaced."""
+    def retire_all(self) -> list[Worker]:
+        """Replace every worker: idle ones now, busy ones when their run ends (or
+        when the caller kills them). Replacements do not count as churn."""
+        retiring = self.alive_workers()
+        for worker in retiring:
+            worker.retiring = True
+        for worker in retiring:
+            if worker.token == 0:
+                self._retire(worker)
+        return retiring
+
+    def _retire(self, worker: Worker) -> None:
+        try:
+            worker.conn.send(("stop",))  # it exits; _exited spawns its replacement
+        except OSError:
+            self.kill(worker)
+
+    def kill(self, worker: Worker, churn: bool = False) -> None:
+        """SIGKILL the worker; it is replaced. churn=True when it is killed for
+        misbehaving (no heartbeat), which counts for the watchdog."""
         if worker.alive:
-            worker.killed = True
+            worker.killed = not churn
             try:
                 os.kill(worker.process.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -204,15 +230,21 @@ class WorkerPool:
             return
         worker.alive = False
         self._forget(worker)
-        if not worker.killed and not self._stopping:
+        churn = not worker.killed and not worker.retiring and not self._stopping
+        if churn:
             log.warning("worker process died", extra={"worker": worker.id, "exitcode": worker.process.exitcode})
+            self.watchdog.record_restart()
         self._on_exit(worker)
         if not self._stopping:
             self.restarts_total += 1
-            # A worker that died before it was ready will likely die again: slow down.
-            delay = 0.0 if worker.ready else 1.0
+            # Churn slows replacements down (watchdog cooldown); a worker that died
+            # before it was ready will likely die again.
+            delay = self.watchdog.respawn_delay_s() if churn else 0.0
+            if not worker.ready:
+                delay = max(delay, 1.0)
             task = self._loop.create_task(self._respawn(delay), name=f"respawn-worker-{worker.id}")
             task.add_done_callback(_log_failure)
+        self._check_ready()
 
     def _forget(self, worker: Worker) -> None:
         worker.alive = False
