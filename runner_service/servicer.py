@@ -14,6 +14,8 @@ from protos.runner.v1 import runner_pb2 as pb
 from protos.runner.v1 import runner_pb2_grpc
 from runner_service import convert, errors, watchdog
 from runner_service.audit import AuditLog
+from runner_service.jobs import specs
+from runner_service.jobs.catalog import Catalog
 from runner_service.runs import CancelReason, RunState
 from runner_service.scheduler import Scheduler
 from runner_service.store import Store, StoreError
@@ -77,19 +79,33 @@ async def _within_deadline(context: grpc.aio.ServicerContext, awaitable):
 
 
 class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
-    def __init__(self, scheduler: Scheduler, store: Store) -> None:
+    def __init__(self, scheduler: Scheduler, store: Store, catalog: Catalog | None = None) -> None:
         self._scheduler = scheduler
         self._store = store
+        if catalog is None:
+            catalog = Catalog(getattr(getattr(scheduler, "_settings", None), "scenario_dir", ""))
+        self._catalog = catalog
+
+    async def _check_spec(self, request: pb.SubmitRunRequest) -> None:
+        """Reject at once a run that could never start: unknown kind or scenario,
+        override or sweep parameter path not in the scenario."""
+        if specs.simulations_of(request.spec):
+            # Reading the scenario directory is file I/O: off the event loop.
+            await asyncio.to_thread(specs.check_spec, request.spec, self._catalog, self._scheduler.job_targets)
+        else:
+            specs.check_spec(request.spec, self._catalog, self._scheduler.job_targets)
 
     @unary
     async def SubmitRun(self, request: pb.SubmitRunRequest, context) -> pb.Run:
         _check(request)
+        await self._check_spec(request)
         record, _created = await self._scheduler.submit(request)
         return convert.run_to_proto(record)
 
     @stream
     async def ExecuteRun(self, request: pb.SubmitRunRequest, context):
         _check(request)
+        await self._check_spec(request)
         record, _created = await self._scheduler.submit(request)
         finished = False
         try:
@@ -153,8 +169,10 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         return convert.run_to_proto(record)
 
     @unary
-    async def ListScenarios(self, request, context):
-        raise errors.Unimplemented("ListScenarios is not implemented yet")
+    async def ListScenarios(self, request: pb.ListScenariosRequest, context) -> pb.ListScenariosResponse:
+        _check(request)
+        entries = await asyncio.to_thread(self._catalog.entries)
+        return specs.scenarios_response(entries)
 
     @unary
     async def GetSummary(self, request, context):

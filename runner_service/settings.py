@@ -40,6 +40,8 @@ class Settings:
     watchdog_cooldown_threshold: int = 3
     watchdog_block_threshold: int = 6
     watchdog_cooldown_s: float = 5.0
+    # Operator's scenario directory (JSON files), added to the built-in scenarios.
+    scenario_dir: str = ""
     log_level: str = "INFO"
     log_json: bool = True
     use_uvloop: bool = True

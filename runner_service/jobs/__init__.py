@@ -18,6 +18,10 @@ ENTRY_POINT_GROUP = "runner_service.jobs"
 # checkout that is not installed still runs them.
 BUILTIN = {
     "diagnostic": "runner_service.jobs.diagnostic:run",
+    "simulation": "runner_service.jobs.simulation:run_simulation",
+    "batch": "runner_service.jobs.simulation:run_batch",
+    "compare": "runner_service.jobs.simulation:run_compare",
+    "sweep": "runner_service.jobs.simulation:run_sweep",
 }
 
 JobFunction = Callable[[dict, object], object]
