@@ -7,16 +7,13 @@ import re
 import socket
 import time
 
-import httpx
-import pytest
+import grpc
 from google.api import annotations_pb2
 from openapi_spec_validator import validate as validate_openapi
 
 from gateway import errors, rules, transcode
 from protos.runner.v1 import runner_pb2 as pb
 from tests.conftest import events_of, final_state
-
-DIAGNOSTIC_TYPE = "type.googleapis.com/google.rpc."
 
 
 def free_port() -> int:
@@ -100,8 +97,6 @@ async def test_every_rpc_in_the_descriptors_answers_on_its_rest_route(stack):
 
 
 async def _grpc_status(runner, rule, message) -> int:
-    import grpc
-
     factory = runner.channel.unary_stream if rule.server_streaming else runner.channel.unary_unary
     call = factory(rule.grpc_path, request_serializer=type(message).SerializeToString,
                    response_deserializer=rule.output_type.FromString)
