@@ -134,8 +134,10 @@ class EventStream:
             for task in (pump, listener, self._pending):
                 task.cancel()
             await asyncio.gather(pump, listener, self._pending, return_exceptions=True)
-        if not pump.cancelled() and pump.exception() is not None:
-            raise pump.exception()
+        failure = None if pump.cancelled() else pump.exception()
+        # OSError: the server reports a send to a client that has gone (ASGI 2.4); nothing to tell.
+        if failure is not None and not isinstance(failure, OSError):
+            raise failure
 
     async def _pump(self, send: Send) -> None:
         keepalive = self._encoder.keepalive
