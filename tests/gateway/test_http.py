@@ -191,9 +191,6 @@ async def test_503_when_the_runner_is_unreachable_fast_and_clear(start_gateway):
 
 async def test_504_when_the_deadline_passes(stack):
     runner, gw = stack
-    # Unary: a deadline shorter than any round trip.
-    response = await gw.client.get("/v1/runs", headers={"grpc-timeout": "1n"})
-    assert response.status_code == 504 and response.json()["code"] == 4
     # A watch with nothing to deliver before its deadline: 504 before the stream starts.
     run = await gw.client.post("/v1/runs", json=diagnostic_body(ticks=1, tickDuration="30s"))
     run_id = run.json()["runId"]
