@@ -143,3 +143,45 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/store.db"
     return request.getfixturevalue("postgres_url")
+
+
+# ------------------------------------------------------------ helpers for integration and e2e tests
+
+
+def rich_status(err: grpc.aio.AioRpcError):
+    """The google.rpc.Status an error carries in its trailers (fails the test if none)."""
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(err)
+    assert status is not None, f"no google.rpc.Status details in {err.code()}: {err.details()}"
+    return status
+
+
+def detail_of(status, message_type):
+    """The first detail of `message_type` packed in a google.rpc.Status, or None."""
+    for packed in status.details:
+        if packed.Is(message_type.DESCRIPTOR):
+            out = message_type()
+            packed.Unpack(out)
+            return out
+    return None
+
+
+def non_progress(events: list[pb.RunEvent]) -> list[pb.RunEvent]:
+    """Events a watcher may never skip: state changes, logs and results."""
+    return [e for e in events if e.WhichOneof("event") != "progress"]
+
+
+async def wait_for_state(stub, run_id: str, state: int, timeout: float = 20.0) -> list[pb.RunEvent]:
+    """Watch a run until it reaches `state`; returns the events seen up to it.
+    Fails when the stream ends before (the run ended in another state)."""
+    seen: list[pb.RunEvent] = []
+    call = stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=timeout)
+    try:
+        async for event in call:
+            seen.append(event)
+            if event.WhichOneof("event") == "state_change" and event.state_change.state == state:
+                return seen
+    finally:
+        call.cancel()
+    raise AssertionError(f"run {run_id} ended {pb.RunState.Name(final_state(seen))}, never {pb.RunState.Name(state)}")
