@@ -21,6 +21,7 @@ from protos.runner.v1 import runner_pb2 as pb
 from runner_service import convert, errors, jobs
 from runner_service.progress import Hub, RunChannel
 from runner_service.runs import CancelReason, RunState, kind_of
+from runner_service.settings import parse_jobs
 from runner_service.store import RunRecord, Store, StoreError, now_us
 from runner_service.watchdog import Watchdog
 from runner_service.workers import Worker, WorkerPool
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 PROGRESS_FLUSH_S = 0.1
 STATE_FLUSH_S = 0.005
 REPLAY_PAGE = 500
+# Kinds that run many simulations at once share their own concurrency limit
+# (settings.max_heavy_concurrent) so they cannot take every worker.
+HEAVY_KINDS = frozenset({"compare", "sweep"})
+# Kinds that read scenarios: they get the operator's scenario directory.
+SCENARIO_KINDS = frozenset({"simulation", "batch", "compare", "sweep"})
 
 _FINAL_CODES = {
     RunState.CANCELLED: code_pb2.CANCELLED,
@@ -82,7 +88,9 @@ class Scheduler:
         self._settings = settings
         self._store = store
         self._hub = hub
-        self.job_targets = job_targets if job_targets is not None else jobs.discover()
+        if job_targets is None:
+            job_targets = jobs.discover(parse_jobs(settings.jobs))
+        self.job_targets = job_targets
         watchdog = Watchdog(
             window_s=settings.watchdog_window_s,
             cooldown_threshold=settings.watchdog_cooldown_threshold,
@@ -251,8 +259,26 @@ class Scheduler:
             worker = self.pool.idle()
             if worker is None:
                 return
-            live = self._queue.popleft()
+            live = self._next_startable()
+            if live is None:  # only heavy runs wait, and their limit is reached
+                self.pool.keep_idle(worker)
+                return
             self._start(live, worker)
+
+    def _next_startable(self) -> LiveRun | None:
+        """The oldest queued run that may start now: FIFO, except that heavy runs
+        over their limit let younger runs of other kinds pass them."""
+        head = self._queue[0]
+        if head.record.kind not in HEAVY_KINDS or self._heavy_running() < self._settings.max_heavy_concurrent:
+            return self._queue.popleft()
+        for live in self._queue:
+            if live.record.kind not in HEAVY_KINDS:
+                self._queue.remove(live)
+                return live
+        return None
+
+    def _heavy_running(self) -> int:
+        return sum(1 for live in self._by_token.values() if live.record.kind in HEAVY_KINDS)
 
     def _start(self, live: LiveRun, worker: Worker) -> None:
         record = live.record
@@ -262,6 +288,8 @@ class Scheduler:
             deadline = record.create_us / 1e6 + record.timeout_ms / 1000
         try:
             params = convert.spec_params(live.spec)
+            if record.kind in SCENARIO_KINDS and self._settings.scenario_dir:
+                params["scenario_dir"] = self._settings.scenario_dir
             self.pool.assign(worker, token, record.run_id, record.kind, params, deadline)
         except OSError:  # the worker died just now: keep the run for the next one
             self._queue.appendleft(live)

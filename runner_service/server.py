@@ -15,6 +15,7 @@ from runner_service.audit import AuditLog
 from runner_service.health import Health
 from runner_service.progress import Hub
 from runner_service.scheduler import Scheduler
+from runner_service.jobs.catalog import Catalog
 from runner_service.settings import Settings, redact_url
 from runner_service.sql_store import SqlStore
 
@@ -38,7 +39,7 @@ class RunnerApp:
             ]
         )
         runner_pb2_grpc.add_RunnerServiceServicer_to_server(
-            servicer_mod.RunnerServicer(self.scheduler, self.store), self.server
+            servicer_mod.RunnerServicer(self.scheduler, self.store, Catalog(settings.scenario_dir)), self.server
         )
         self.audit = AuditLog(settings.audit_log_path)
         runner_pb2_grpc.add_AdminServiceServicer_to_server(

@@ -79,11 +79,9 @@ async def _within_deadline(context: grpc.aio.ServicerContext, awaitable):
 
 
 class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
-    def __init__(self, scheduler: Scheduler, store: Store, catalog: Catalog | None = None) -> None:
+    def __init__(self, scheduler: Scheduler, store: Store, catalog: Catalog) -> None:
         self._scheduler = scheduler
         self._store = store
-        if catalog is None:
-            catalog = Catalog(getattr(getattr(scheduler, "_settings", None), "scenario_dir", ""))
         self._catalog = catalog
 
     async def _check_spec(self, request: pb.SubmitRunRequest) -> None:

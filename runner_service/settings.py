@@ -42,6 +42,9 @@ class Settings:
     watchdog_cooldown_s: float = 5.0
     # Operator's scenario directory (JSON files), added to the built-in scenarios.
     scenario_dir: str = ""
+    # Job kinds from modules the operator did not package: "kind=module:function"
+    # entries separated by commas; they win over entry points of the same name.
+    jobs: str = ""
     log_level: str = "INFO"
     log_json: bool = True
     use_uvloop: bool = True
@@ -95,7 +98,20 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> S
         raise ValueError("RUNNER_WORKERS must be at least 1")
     if settings.max_queued < 0:
         raise ValueError("RUNNER_MAX_QUEUED must not be negative")
+    parse_jobs(settings.jobs)  # refuse a malformed entry at start-up, not at the first run
     return settings
+
+
+def parse_jobs(raw: str) -> dict[str, str]:
+    """RUNNER_JOBS ("kind=module:function,...") as a {kind: target} map."""
+    found: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        kind, sep, target = (piece.strip() for piece in entry.partition("="))
+        module, colon, function = target.partition(":")
+        if not sep or not kind or not colon or not module or not function:
+            raise ValueError(f"RUNNER_JOBS: {entry!r} is not kind=module:function")
+        found[kind] = target
+    return found
 
 
 def redact_url(url: str) -> str:

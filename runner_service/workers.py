@@ -150,6 +150,10 @@ class WorkerPool:
                 return worker
         return None
 
+    def keep_idle(self, worker: Worker) -> None:
+        """Give back a worker taken with idle() but not used."""
+        self._idle.append(worker)
+
     @property
     def idle_count(self) -> int:
         return sum(1 for w in self._idle if w.alive and w.token == 0 and not w.retiring)

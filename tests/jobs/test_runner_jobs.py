@@ -275,3 +275,64 @@ async def test_list_scenarios_reports_a_malformed_file_and_lists_the_others(star
         (directory / "later.json").write_text(json.dumps(good))
         listing = await running.stub.ListScenarios(pb.ListScenariosRequest(), timeout=5)
         assert "later" in {s.name for s in listing.scenarios}
+
+
+# ------------------------------------------------------------------ heavy kinds
+
+
+def endless_compare() -> pb.SubmitRunRequest:
+    request = pb.SubmitRunRequest()
+    fill(request.spec.compare.baseline, "duel", max_ticks=1_000_000, overrides=IMMORTAL)
+    fill(request.spec.compare.variant, "duel", max_ticks=1_000_000, overrides=IMMORTAL)
+    request.spec.compare.num_iterations = 3
+    return request
+
+
+async def test_compare_and_sweep_share_their_own_concurrency_limit(start_runner):
+    async with start_runner(workers=3, max_heavy_concurrent=2, cancel_grace_s=1.0) as running:
+        stub = running.stub
+        heavy = [await stub.SubmitRun(endless_compare(), timeout=5) for _ in range(3)]
+        await wait_for_state(stub, heavy[0].run_id, pb.RUNNING)
+        await wait_for_state(stub, heavy[1].run_id, pb.RUNNING)
+        # A third worker is idle, but the third heavy run waits for the limit; a
+        # run of another kind submitted after it passes it and takes that worker.
+        light = await stub.SubmitRun(
+            pb.SubmitRunRequest(spec=pb.RunSpec(diagnostic=pb.DiagnosticSpec(ticks=1))), timeout=5)
+        assert (await finished(stub, light.run_id)).state == pb.SUCCEEDED
+        third = await stub.GetRun(pb.GetRunRequest(run_id=heavy[2].run_id), timeout=5)
+        assert third.state == pb.QUEUED
+        # One heavy run ends: the waiting one starts.
+        await stub.CancelRun(pb.CancelRunRequest(run_id=heavy[0].run_id), timeout=5)
+        await wait_for_state(stub, heavy[2].run_id, pb.RUNNING)
+        for run in heavy[1:]:
+            await stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id), timeout=5)
+            assert (await finished(stub, run.run_id)).state == pb.CANCELLED
+
+
+# ------------------------------------------------------------------ RUNNER_JOBS
+
+
+async def test_a_job_module_named_in_configuration_runs(start_runner, tmp_path, monkeypatch):
+    package = tmp_path / "opjobs"
+    package.mkdir()
+    (package / "square.py").write_text(
+        "def run(params, ctx):\n"
+        "    ctx.progress(1, 1, 'squared')\n"
+        "    return {'square': params['n'] ** 2}\n")
+    # Workers import the module: it must be on their path, as an operator's would be.
+    monkeypatch.setenv("PYTHONPATH", str(package))
+    monkeypatch.syspath_prepend(str(package))
+    async with start_runner(jobs="square=square:run") as running:
+        request = pb.SubmitRunRequest()
+        request.spec.plugin.kind = "square"
+        request.spec.plugin.parameters.update({"n": 7})
+        run = await execute(running.stub, request)
+    assert result_dict(run) == {"square": 49}
+
+
+def test_a_malformed_job_entry_is_refused_at_start_up():
+    from runner_service import settings as settings_mod
+
+    with pytest.raises(ValueError, match="RUNNER_JOBS"):
+        settings_mod.from_env({"RUNNER_JOBS": "square"})
+    assert settings_mod.parse_jobs(" a = m:f , b=n.o:g ") == {"a": "m:f", "b": "n.o:g"}
