@@ -344,3 +344,23 @@ async def test_openapi_json_passes_the_validator(stack):
     document = response.json()
     validate_openapi(document)
     assert "/v1/runs/{run_id}:cancel" in document["paths"]
+
+
+async def test_401_and_403_from_the_runner_admin_token(start_runner, start_gateway, tmp_path):
+    audit = tmp_path / "audit.log"
+    async with start_runner(admin_token="s3cret", audit_log_path=str(audit)) as runner, \
+            start_gateway(runner.address) as gw:
+        absent = await gw.client.get("/v1/admin/status")
+        assert absent.status_code == 401 and absent.json()["code"] == 16
+        wrong = await gw.client.get("/v1/admin/status", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 403 and wrong.json()["code"] == 7
+        refused = await gw.client.post("/v1/admin/workers:restart", json={"reason": "x"},
+                                       headers={"authorization": "Bearer nope"})
+        assert refused.status_code == 403
+        good = await gw.client.get("/v1/admin/status", headers={"authorization": "Bearer s3cret"})
+        assert good.status_code == 200 and good.json()["watchdog"]["policyState"] == "ALLOWED"
+        restarted = await gw.client.post("/v1/admin/workers:restart", json={"reason": "from REST"},
+                                         headers={"authorization": "Bearer s3cret"})
+        assert restarted.status_code == 200, restarted.text
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert any("from REST" in json.dumps(entry) for entry in entries)
