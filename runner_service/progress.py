@@ -4,11 +4,19 @@ Every watcher has its own queue. Consecutive progress events conflate (a lagging
 watcher gets the latest progress, not a backlog); state changes, logs and results
 are never dropped: a watcher with more than `max_pending` of them undelivered is
 ended (it may resume with after_seq). Publishing never waits on a watcher.
+
+Progress is also paced: a watcher is handed one progress event per `progress_interval`
+seconds on average (jittered by ±50 %). A run reporting every millisecond would otherwise make
+each watcher's stream carry a thousand messages a second that nobody can read; the
+transport buffers them and every later event arrives behind that backlog. A held
+progress event is replaced by newer ones while it waits, and it goes out at once when
+a state change, log or result follows it, so those are never delayed by the pace.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import random
 from typing import Iterable
 
 from protos.runner.v1 import runner_pb2 as pb
@@ -23,13 +31,17 @@ class Subscription:
 
     __slots__ = (
         "_items", "_waiter", "_pending_important", "_max_pending", "overflowed", "closed", "aborted", "last_seq",
+        "_interval", "_next_progress_at", "_holding",
     )
 
-    def __init__(self, max_pending: int) -> None:
+    def __init__(self, max_pending: int, progress_interval: float = 0.0) -> None:
         self._items: collections.deque[pb.RunEvent] = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._pending_important = 0
         self._max_pending = max_pending
+        self._interval = progress_interval
+        self._next_progress_at = 0.0  # loop time before which progress is held
+        self._holding = False  # next() waits out the pace for a progress event
         self.overflowed = False
         self.closed = False  # no more events will come (terminal published or channel dropped)
         self.aborted = False  # the stream ends before the run does (the server is shutting down)
@@ -43,6 +55,8 @@ class Subscription:
                 self._items[-1] = event  # conflate: the newer progress supersedes
             else:
                 self._items.append(event)
+            if self._holding:
+                return  # the held progress was replaced; the pace timer wakes the watcher
         else:
             if self._pending_important >= self._max_pending:
                 self.overflowed = True
@@ -51,6 +65,19 @@ class Subscription:
                 self._pending_important += 1
                 self._items.append(event)
         self._wake()
+
+    async def _hold(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """Wait until the pace allows the held progress out, or until an event that
+        must not wait (or the end of the stream) arrives behind it."""
+        self._holding = True
+        self._waiter = loop.create_future()
+        timer = loop.call_later(delay, self._wake)
+        try:
+            await self._waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+            self._holding = False
 
     def close(self, aborted: bool = False) -> None:
         self.closed = True
@@ -70,12 +97,25 @@ class Subscription:
             if self.overflowed:
                 raise OverflowError(self.last_seq)
             if self._items:
-                event = self._items.popleft()
-                if not is_progress(event):
+                event = self._items[0]
+                progress = is_progress(event)
+                if progress and len(self._items) == 1 and not self.closed and self._interval > 0:
+                    loop = asyncio.get_running_loop()
+                    hold = self._next_progress_at - loop.time()
+                    if hold > 0 and event.seq > self.last_seq:
+                        await self._hold(loop, hold)
+                        continue
+                self._items.popleft()
+                if not progress:
                     self._pending_important -= 1
                 if event.seq <= self.last_seq:
                     continue  # already delivered from the replay
                 self.last_seq = event.seq
+                if progress and self._interval > 0:
+                    # Jittered, so that many watchers of one run do not all send at
+                    # the same instant and queue behind each other.
+                    pace = self._interval * (0.5 + random.random())
+                    self._next_progress_at = asyncio.get_running_loop().time() + pace
                 return event
             if self.closed:
                 if self.aborted:
@@ -97,8 +137,11 @@ class RunChannel:
 
     HISTORY = 256
 
-    def __init__(self, run_id: str, last_seq: int, max_pending: int, history: list[pb.RunEvent] = ()) -> None:
+    def __init__(
+        self, run_id: str, last_seq: int, max_pending: int, history: list[pb.RunEvent] = (), progress_interval: float = 0.0
+    ) -> None:
         self.run_id = run_id
+        self._progress_interval = progress_interval
         self.last_seq = last_seq
         self.persisted_seq = last_seq
         # The most recent non-progress events; every event with seq >= history_start
@@ -140,7 +183,7 @@ class RunChannel:
         after_seq, subscription for what comes next). The caller replays the store
         for after_seq < seq <= replay_up_to (nothing when it is <= after_seq), then
         the returned events, then the subscription."""
-        sub = Subscription(self._max_pending)
+        sub = Subscription(self._max_pending, self._progress_interval)
         if after_seq + 1 >= self.history_start:
             floor = after_seq
             replay_up_to = after_seq  # memory has it all
@@ -179,12 +222,13 @@ class RunChannel:
 class Hub:
     """The live channels of runs owned by this process, by run id."""
 
-    def __init__(self, max_pending: int) -> None:
+    def __init__(self, max_pending: int, progress_interval: float = 0.0) -> None:
         self._channels: dict[str, RunChannel] = {}
         self._max_pending = max_pending
+        self._progress_interval = progress_interval
 
     def open(self, run_id: str, last_seq: int, history: list[pb.RunEvent] = ()) -> RunChannel:
-        channel = RunChannel(run_id, last_seq, self._max_pending, history)
+        channel = RunChannel(run_id, last_seq, self._max_pending, history, self._progress_interval)
         self._channels[run_id] = channel
         return channel
 

@@ -28,7 +28,7 @@ class RunnerApp:
     def __init__(self, settings: Settings, job_targets: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.store = SqlStore(settings)
-        self.hub = Hub(settings.watcher_queue_size)
+        self.hub = Hub(settings.watcher_queue_size, settings.watch_progress_interval_s)
         self.scheduler = Scheduler(settings, self.store, self.hub, job_targets)
         self.health = Health(self.store, self.scheduler)
         self.server = grpc.aio.server(

@@ -27,6 +27,8 @@ class Settings:
     shutdown_grace_s: float = 5.0
     # Per-watcher bound on undelivered state changes, logs and results.
     watcher_queue_size: int = 1000
+    # A watcher gets at most one progress event per interval (the latest); 0 sends all.
+    watch_progress_interval_s: float = 0.01
     db_pool_size: int = 4
     db_max_overflow: int = 2
     db_pool_timeout_s: float = 5.0

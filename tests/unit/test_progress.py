@@ -88,3 +88,31 @@ async def test_an_aborted_channel_ends_its_watchers_with_an_error():
     channel.close(aborted=True)
     with pytest.raises(ConnectionAbortedError):
         await sub.next()
+
+
+async def test_progress_is_paced_to_the_latest_and_other_events_are_not_held():
+    sub = Subscription(max_pending=100, progress_interval=0.2)
+    loop = asyncio.get_running_loop()
+    sub.push(progress(1, 1))
+    first = await asyncio.wait_for(sub.next(), 1)
+    assert first.seq == 1  # nothing delivered lately: out at once
+    started = loop.time()
+    for seq in range(2, 6):
+        sub.push(progress(seq, seq))
+    held = await asyncio.wait_for(sub.next(), 1)
+    assert held.seq == 5  # the latest, after the pace
+    assert loop.time() - started >= 0.09  # the pace is jittered by ±50 %
+    # A log behind a held progress releases both at once, in order.
+    sub.push(progress(6, 6))
+    waiter = asyncio.ensure_future(sub.next())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    started = loop.time()
+    sub.push(log(7))
+    assert (await asyncio.wait_for(waiter, 1)).seq == 6
+    assert (await asyncio.wait_for(sub.next(), 1)).seq == 7
+    assert loop.time() - started < 0.1
+    # The end of the stream releases a held progress too.
+    sub.push(progress(8, 8))
+    sub.close()
+    assert await drain(sub) == [8]
