@@ -116,6 +116,7 @@ class _Op:
 
 
 _STOP = object()
+CHECKPOINT_INTERVAL_S = 0.5
 
 
 @functools.lru_cache(maxsize=256)
@@ -150,6 +151,9 @@ def make_engine(url: str, settings) -> sa.Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=5000")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints run in their own thread (SqlStore._checkpointer), not
+            # inside whichever commit happens to cross the WAL size threshold.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.close()
 
         return engine
@@ -179,6 +183,9 @@ class SqlStore(store.Store):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._is_sqlite = settings.database_url.startswith("sqlite")
+        self._commits = 0
+        self._checkpoint_stop = threading.Event()
+        self._checkpoint_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -188,6 +195,24 @@ class SqlStore(store.Store):
         await self._loop.run_in_executor(self._readers, self._migrate)
         self._writer = threading.Thread(target=self._writer_main, name="store-writer", daemon=True)
         self._writer.start()
+        if self._is_sqlite:
+            self._checkpoint_thread = threading.Thread(target=self._checkpointer, name="store-checkpoint", daemon=True)
+            self._checkpoint_thread.start()
+
+    def _checkpointer(self) -> None:
+        """Copy the WAL back into the database file every CHECKPOINT_INTERVAL_S,
+        PASSIVE: it never waits for or blocks the writer or the readers."""
+        assert self._engine is not None
+        done_commits = -1
+        while not self._checkpoint_stop.wait(CHECKPOINT_INTERVAL_S):
+            if self._commits == done_commits:
+                continue
+            done_commits = self._commits
+            try:
+                with self._engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("WAL checkpoint failed", extra={"error": repr(exc)})
 
     def _migrate(self) -> None:
         assert self._engine is not None
@@ -209,6 +234,9 @@ class SqlStore(store.Store):
         if self._writer is not None:
             self._queue.put(_STOP)
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+        if self._checkpoint_thread is not None:
+            self._checkpoint_stop.set()
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpoint_thread.join)
         self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
             conn.close()
@@ -256,6 +284,7 @@ class SqlStore(store.Store):
                     break
                 batch.append(nxt)
             self._commit(batch)
+            self._commits += 1
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None

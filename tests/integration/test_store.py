@@ -55,6 +55,7 @@ async def test_submit_is_durable_and_idempotent_by_request_id(store):
 
 async def test_duplicates_inside_one_group_commit_store_one_run(store):
     import asyncio
+    import contextlib
 
     records = [record("same-key") for _ in range(5)]
     results = await asyncio.gather(*(store.submit(r, event(r.run_id, 1)) for r in records))
@@ -108,3 +109,36 @@ async def test_recover_interrupts_running_runs_and_returns_queued(store):
     fetched = await store.get_run(running.run_id)
     assert fetched.state == RunState.INTERRUPTED and fetched.error == b"error-bytes" and fetched.last_seq == 3
     assert [e.seq for e in await store.list_events(running.run_id, 0, None, 10)] == [1, 2, 3]
+
+
+async def test_sqlite_wal_is_checkpointed_in_the_background(tmp_path):
+    import asyncio
+    import contextlib
+    import shutil
+    import sqlite3
+
+    path = tmp_path / "ckpt.db"
+    settings = settings_mod.from_env({"RUNNER_PROFILE": "testing"}, database_url=f"sqlite:///{path}")
+    opened = SqlStore(settings)
+    await opened.start()
+    try:
+        runs = [record() for _ in range(50)]
+        for run in runs:
+            await opened.submit(run, event(run.run_id, 1))
+        # Commits do not checkpoint (wal_autocheckpoint=0): the background thread
+        # copies the WAL into the database file within a couple of intervals.
+        copy = tmp_path / "main-file-only.db"
+        found = 0
+        for _ in range(40):
+            await asyncio.sleep(0.1)
+            shutil.copy(path, copy)  # the database file alone, without its -wal
+            with contextlib.closing(sqlite3.connect(copy)) as conn:
+                try:
+                    found = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+                except sqlite3.OperationalError:  # not even the schema is in the file yet
+                    found = 0
+            if found == len(runs):
+                break
+        assert found == len(runs)
+    finally:
+        await opened.close()
