@@ -29,6 +29,7 @@ from starlette.responses import Response
 from gateway import transcode
 from gateway.rules import HttpRule
 from protos.runner.v1 import limits_pb2
+from protos.validation import field_limits, limit
 
 OPENAPI_VERSION = "3.1.0"
 _STATUS = "google.rpc.Status"
@@ -97,7 +98,7 @@ class _Schemas:
         required: list[str] = []
         for field in descriptor.fields:
             properties[field.json_name] = self.field(field)
-            limits = _limits(field)
+            limits = field_limits(field)
             if _is_required(field, limits):
                 required.append(field.json_name)
         schema: dict = {"type": "object", "properties": properties, "additionalProperties": False}
@@ -118,20 +119,20 @@ class _Schemas:
         return schema
 
     def field(self, field: FieldDescriptor) -> dict:
-        limits = _limits(field)
+        limits = field_limits(field)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
             schema = {"type": "object", "additionalProperties": self._single(value, limits)}
             key_schema = self._scalar(key, limits_pb2.FieldLimits(), for_key=True)
             if key_schema:
                 schema["propertyNames"] = key_schema
-            _put(schema, "minProperties", _opt(limits, "min_items"))
-            _put(schema, "maxProperties", _opt(limits, "max_items"))
+            _put(schema, "minProperties", limit(limits, "min_items"))
+            _put(schema, "maxProperties", limit(limits, "max_items"))
             return schema
         if field.is_repeated:
             schema = {"type": "array", "items": self._single(field, limits)}
-            _put(schema, "minItems", _opt(limits, "min_items"))
-            _put(schema, "maxItems", _opt(limits, "max_items"))
+            _put(schema, "minItems", limit(limits, "min_items"))
+            _put(schema, "maxItems", limit(limits, "max_items"))
             if limits.required and "minItems" not in schema:
                 schema["minItems"] = 1
             return schema
@@ -141,7 +142,7 @@ class _Schemas:
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             schema = dict(self.message(field.message_type))
             if field.message_type.full_name == "google.protobuf.Struct":
-                _put(schema, "maxProperties", _opt(limits, "struct_max_keys"))
+                _put(schema, "maxProperties", limit(limits, "struct_max_keys"))
             notes = _json_notes(limits)
             if notes:
                 schema["description"] = notes
@@ -152,18 +153,18 @@ class _Schemas:
 
     def _scalar(self, field: FieldDescriptor, limits: limits_pb2.FieldLimits, for_key: bool = False) -> dict:
         kind = field.type
-        low, high = _opt(limits, "min"), _opt(limits, "max")
+        low, high = limit(limits, "min"), limit(limits, "max")
         if kind == FieldDescriptor.TYPE_STRING:
             schema = {"type": "string"}
-            max_len = _opt(limits, "max_len")
+            max_len = limit(limits, "max_len")
             if max_len is None:
                 max_len = _file_default_max(field)
-            min_len = _opt(limits, "min_len")
+            min_len = limit(limits, "min_len")
             if limits.required and not min_len:
                 min_len = 1
             _put(schema, "minLength", min_len)
             _put(schema, "maxLength", max_len)
-            _put(schema, "pattern", _opt(limits, "pattern"))
+            _put(schema, "pattern", limit(limits, "pattern"))
             return schema
         if kind == FieldDescriptor.TYPE_BOOL:
             return {"type": "string", "enum": ["true", "false"]} if for_key else {"type": "boolean"}
@@ -195,17 +196,6 @@ class _Schemas:
         return {}
 
 
-def _limits(field: FieldDescriptor) -> limits_pb2.FieldLimits:
-    options = field.GetOptions()
-    if options.HasExtension(limits_pb2.limits):
-        return options.Extensions[limits_pb2.limits]
-    return limits_pb2.FieldLimits()
-
-
-def _opt(limits: limits_pb2.FieldLimits, name: str):
-    return getattr(limits, name) if limits.HasField(name) else None
-
-
 def _put(schema: dict, key: str, value) -> None:
     if value is not None:
         schema[key] = value
@@ -229,7 +219,7 @@ def _is_required(field: FieldDescriptor, limits: limits_pb2.FieldLimits) -> bool
     if limits.required:
         return True
     # A number whose bounds exclude zero (its default) cannot be left out.
-    low, high = _opt(limits, "min"), _opt(limits, "max")
+    low, high = limit(limits, "min"), limit(limits, "max")
     return field.type not in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_STRING) and (
         (low is not None and low > 0) or (high is not None and high < 0)
     )
@@ -237,11 +227,11 @@ def _is_required(field: FieldDescriptor, limits: limits_pb2.FieldLimits) -> bool
 
 def _json_notes(limits: limits_pb2.FieldLimits) -> str:
     notes = []
-    if _opt(limits, "struct_max_depth") is not None:
+    if limit(limits, "struct_max_depth") is not None:
         notes.append(f"nesting depth at most {limits.struct_max_depth}")
-    if _opt(limits, "struct_max_keys") is not None:
+    if limit(limits, "struct_max_keys") is not None:
         notes.append(f"at most {limits.struct_max_keys} keys per object")
-    low, high = _opt(limits, "min_seconds"), _opt(limits, "max_seconds")
+    low, high = limit(limits, "min_seconds"), limit(limits, "max_seconds")
     if low is not None or high is not None:
         notes.append(f"duration between {_number(low or 0)}s and {_number(high) if high is not None else '∞'}s")
     return "; ".join(notes)

@@ -315,7 +315,7 @@ class _Generator:
         self, field: FieldDescriptor, default_max, d: int, prefix: _Prefix, stack, known_present: bool
     ) -> list[str]:
         """Lines checking ``field`` of ``m<d>``; [] when it has nothing to check."""
-        limits = _limits(field)
+        limits = field_limits(field)
         used = {f.name for f, _ in limits.ListFields()}
         required = limits.required
         name = field.name
@@ -329,10 +329,10 @@ class _Generator:
             _require_only(field.full_name, used, {"required", "max_len"} | _ITEM_RULES | value_rules)
             key_check = None
             if key_field.type == FieldDescriptor.TYPE_STRING:
-                key_check = self.string_check(None, _opt(limits, "max_len") or default_max, None, "key ")
-            min_items = _opt(limits, "min_items") or (1 if required else None)
+                key_check = self.string_check(None, limit(limits, "max_len") or default_max, None, "key ")
+            min_items = limit(limits, "min_items") or (1 if required else None)
             lines = [f"x{d} = {get}"]
-            lines += self.items(d, prefix, name, min_items, _opt(limits, "max_items"), "entr")
+            lines += self.items(d, prefix, name, min_items, limit(limits, "max_items"), "entr")
             body, used_checks = [], []
             key_lines = [] if key_check is None else key_check.lines(f"k{d}", d, prefix, name, f"k{d}")
             if key_lines:
@@ -349,9 +349,9 @@ class _Generator:
         check, rules = self.element(field, limits, default_max, stack, field.full_name)
         if field.is_repeated:
             _require_only(field.full_name, used, {"required"} | _ITEM_RULES | rules)
-            min_items = _opt(limits, "min_items") or (1 if required else None)
+            min_items = limit(limits, "min_items") or (1 if required else None)
             lines = [f"x{d} = {get}"]
-            lines += self.items(d, prefix, name, min_items, _opt(limits, "max_items"), "item")
+            lines += self.items(d, prefix, name, min_items, limit(limits, "max_items"), "item")
             body = [] if check is None else check.lines(f"v{d}", d, prefix, name, f"i{d}")
             if not body:
                 return lines if len(lines) > 1 else []
@@ -412,10 +412,10 @@ class _Generator:
                     pattern = re.compile(limits.pattern)
                 except re.error as exc:
                     raise SchemaError(f"{where}: bad pattern {limits.pattern!r}: {exc}") from None
-            max_len = _opt(limits, "max_len") or default_max
-            return self.string_check(_opt(limits, "min_len"), max_len, pattern), _STRING_RULES
+            max_len = limit(limits, "max_len") or default_max
+            return self.string_check(limit(limits, "min_len"), max_len, pattern), _STRING_RULES
         if field.type in _INTEGER_TYPES or field.type in _FLOAT_TYPES:
-            low, high = _opt(limits, "min"), _opt(limits, "max")
+            low, high = limit(limits, "min"), limit(limits, "max")
             is_float = field.type in _FLOAT_TYPES
             if not is_float:  # compare ints with ints where the bound allows
                 low, high = _as_int(low), _as_int(high)
@@ -438,14 +438,14 @@ class _Generator:
             return None, set()  # bool, bytes: only `required`
         type_name = field.message_type.full_name
         if type_name == _DURATION:
-            min_s, max_s = _opt(limits, "min_seconds"), _opt(limits, "max_seconds")
+            min_s, max_s = limit(limits, "min_seconds"), limit(limits, "max_seconds")
             if min_s is None and max_s is None:
                 return None, _DURATION_RULES
             return _Check(duration=(min_s, max_s), report=self.const(_duration_report(min_s, max_s))), _DURATION_RULES
         if type_name in _JSON_TYPES:
-            max_str = _opt(limits, "max_len") or default_max
-            max_depth, max_keys = _opt(limits, "struct_max_depth"), _opt(limits, "struct_max_keys")
-            max_values = _opt(limits, "struct_max_values")
+            max_str = limit(limits, "max_len") or default_max
+            max_depth, max_keys = limit(limits, "struct_max_depth"), limit(limits, "struct_max_keys")
+            max_values = limit(limits, "struct_max_values")
             if max_str is None and max_depth is None and max_keys is None and max_values is None:
                 return None, _JSON_RULES
             report = _json_report(type_name, max_depth, max_keys, max_str, max_values)
@@ -548,14 +548,16 @@ def _proto3_optional_fields(descriptor: Descriptor) -> frozenset[str]:
     return frozenset(f.name for f in proto.field if f.proto3_optional)
 
 
-def _limits(field: FieldDescriptor) -> limits_pb2.FieldLimits:
+def field_limits(field: FieldDescriptor) -> limits_pb2.FieldLimits:
+    """The (runner.v1.limits) option of a field; empty when it has none."""
     options = field.GetOptions()
     if options.HasExtension(limits_pb2.limits):
         return options.Extensions[limits_pb2.limits]
     return limits_pb2.FieldLimits()
 
 
-def _opt(limits: limits_pb2.FieldLimits, name: str):
+def limit(limits: limits_pb2.FieldLimits, name: str):
+    """One bound of a FieldLimits, or None when it is not set."""
     return getattr(limits, name) if limits.HasField(name) else None
 
 
