@@ -25,6 +25,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
+from gateway import protojson
 from gateway.rules import HttpRule
 
 FieldViolation = error_details_pb2.BadRequest.FieldViolation
@@ -81,7 +82,16 @@ def build_request(
     if last_event_id and RESUME_FIELD in message.DESCRIPTOR.fields_by_name:
         _parse({RESUME_FIELD: last_event_id.strip()}, message, "Last-Event-ID")
     if path_params:
-        _parse(_tree(message.DESCRIPTOR, {name: [value] for name, value in path_params.items()}), message, "")
+        direct = _direct_fields(message.DESCRIPTOR)
+        rest: dict[str, list[str]] = {}
+        for name, value in path_params.items():
+            if name in direct and value.isascii():
+                # What json_format would do for an ASCII string (no surrogates to refuse).
+                setattr(message, name, value)
+            else:
+                rest[name] = [value]
+        if rest:
+            _parse(_tree(message.DESCRIPTOR, rest), message, "")
     return message
 
 
@@ -94,10 +104,25 @@ def response_json(rule: HttpRule, response: Message) -> Any:
 
 
 def message_json(message: Message) -> dict:
-    """A message in proto3 JSON: camelCase names, enums by name, defaults printed."""
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=False, always_print_fields_with_no_presence=True
-    )
+    """A message in proto3 JSON: camelCase names, enums by name, defaults printed (what
+    ``json_format.MessageToDict`` returns with those options, by :mod:`gateway.protojson`)."""
+    return protojson.to_json(message)
+
+
+_DIRECT: dict[str, frozenset[str]] = {}
+
+
+def _direct_fields(descriptor: Descriptor) -> frozenset[str]:
+    """Names of the singular string fields of a message, outside any oneof: a path variable
+    naming one is set as it is, without going through json_format."""
+    found = _DIRECT.get(descriptor.full_name)
+    if found is None:
+        found = _DIRECT[descriptor.full_name] = frozenset(
+            field.name
+            for field in descriptor.fields
+            if field.type == FieldDescriptor.TYPE_STRING and not field.is_repeated and field.containing_oneof is None
+        )
+    return found
 
 
 def _json_body(body: bytes) -> Any:
