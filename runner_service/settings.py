@@ -34,6 +34,9 @@ class Settings:
     db_pool_timeout_s: float = 5.0
     db_query_timeout_s: float = 10.0
     slow_query_concurrency: int = 5
+    # SQLite: a commit that leaves more WAL pages than this checkpoints in line (the
+    # bound on the WAL); below it a background thread checkpoints.
+    sqlite_wal_autocheckpoint_pages: int = 8000
     max_message_bytes: int = 4 * 1024 * 1024
     # AdminService bearer token; empty disables the admin API (PERMISSION_DENIED).
     admin_token: str = ""
@@ -98,6 +101,8 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> S
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.workers < 1:
         raise ValueError("RUNNER_WORKERS must be at least 1")
+    if settings.sqlite_wal_autocheckpoint_pages < 1:
+        raise ValueError("RUNNER_SQLITE_WAL_AUTOCHECKPOINT_PAGES must be at least 1 (it bounds the WAL)")
     if settings.max_queued < 0:
         raise ValueError("RUNNER_MAX_QUEUED must not be negative")
     parse_jobs(settings.jobs)  # refuse a malformed entry at start-up, not at the first run

@@ -153,9 +153,11 @@ def make_engine(url: str, settings) -> sa.Engine:
             cur.execute("PRAGMA busy_timeout=5000")
             cur.execute("PRAGMA synchronous=NORMAL")
             # A background thread (SqlStore._checkpointer) copies the WAL back
-            # between commits; SQLite's own checkpoint after a commit that crosses
-            # 1000 pages stays on as the bound on the WAL under sustained writes,
-            # and finds little left to copy. The file is cut back after a reset.
+            # between commits. Under sustained writes it never finds the WAL idle,
+            # so SQLite's own checkpoint after a commit that crosses
+            # sqlite_wal_autocheckpoint_pages stays on as the bound on the WAL; it
+            # finds little left to copy. The file is cut back after a reset.
+            cur.execute(f"PRAGMA wal_autocheckpoint={int(settings.sqlite_wal_autocheckpoint_pages)}")
             cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
             cur.close()
 
