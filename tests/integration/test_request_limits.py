@@ -60,6 +60,16 @@ async def run_count(stub) -> int:
     return len((await stub.ListRuns(pb.ListRunsRequest(page_size=500))).runs)
 
 
+async def assert_stream_refused(call, field: str) -> None:
+    """A server stream ends INVALID_ARGUMENT naming `field`, before any event."""
+    events = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for event in call:
+            events.append(event)
+    assert events == []
+    assert_invalid(caught.value, field)
+
+
 @pytest.mark.parametrize("case", list(INVALID_SUBMITS))
 async def test_submit_and_execute_reject_a_broken_limit_naming_the_field(runner, case):
     request, field = INVALID_SUBMITS[case]
@@ -67,12 +77,7 @@ async def test_submit_and_execute_reject_a_broken_limit_naming_the_field(runner,
         await runner.stub.SubmitRun(request, timeout=5)
     assert_invalid(caught.value, field)
     # The streaming form validates the same request the same way, before any event.
-    events = []
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for event in runner.stub.ExecuteRun(request, timeout=5):
-            events.append(event)
-    assert events == []
-    assert_invalid(caught.value, field)
+    await assert_stream_refused(runner.stub.ExecuteRun(request, timeout=5), field)
     assert await run_count(runner.stub) == 0
 
 
@@ -113,12 +118,7 @@ async def test_unary_rpcs_reject_a_broken_limit_naming_the_field(runner, case):
     ids=["empty run_id", "run_id of 65 chars", "negative after_seq"],
 )
 async def test_watch_rejects_a_broken_limit_naming_the_field(runner, request_, field):
-    events = []
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for event in runner.stub.WatchRun(request_, timeout=5):
-            events.append(event)
-    assert events == []
-    assert_invalid(caught.value, field)
+    await assert_stream_refused(runner.stub.WatchRun(request_, timeout=5), field)
 
 
 async def test_several_violations_are_all_listed(runner):
