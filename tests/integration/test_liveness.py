@@ -43,7 +43,7 @@ async def test_a_stuck_worker_is_killed_and_its_run_fails_worker_lost(start_runn
 
 
 async def test_a_long_busy_job_keeps_heartbeating(start_runner):
-    async with start_runner(workers=1, heartbeat_interval_s=0.1, heartbeat_timeout_s=0.5) as running:
+    async with start_runner(workers=1, heartbeat_interval_s=0.1, heartbeat_timeout_s=1.0) as running:
         # CPU-bound ticks longer than the heartbeat timeout: the heartbeat thread keeps beating.
-        run = await running.stub.SubmitRun(diagnostic(ticks=2, tick_s=0.8, mode=pb.DiagnosticSpec.CPU))
+        run = await running.stub.SubmitRun(diagnostic(ticks=2, tick_s=1.2, mode=pb.DiagnosticSpec.CPU))
         assert final_state(await events_of(running.stub, run.run_id)) == pb.SUCCEEDED
