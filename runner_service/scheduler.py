@@ -19,6 +19,7 @@ from google.rpc import code_pb2, status_pb2
 
 from protos.runner.v1 import runner_pb2 as pb
 from runner_service import convert, errors, jobs
+from runner_service.jobs import specs
 from runner_service.progress import Hub, RunChannel
 from runner_service.runs import CancelReason, RunState, kind_of
 from runner_service.settings import parse_jobs
@@ -34,8 +35,6 @@ REPLAY_PAGE = 500
 # Kinds that run many simulations at once share their own concurrency limit
 # (settings.max_heavy_concurrent) so they cannot take every worker.
 HEAVY_KINDS = frozenset({"compare", "sweep"})
-# Kinds that read scenarios: they get the operator's scenario directory.
-SCENARIO_KINDS = frozenset({"simulation", "batch", "compare", "sweep"})
 
 _FINAL_CODES = {
     RunState.CANCELLED: code_pb2.CANCELLED,
@@ -288,7 +287,7 @@ class Scheduler:
             deadline = record.create_us / 1e6 + record.timeout_ms / 1000
         try:
             params = convert.spec_params(live.spec)
-            if record.kind in SCENARIO_KINDS and self._settings.scenario_dir:
+            if self._settings.scenario_dir and specs.simulations_of(live.spec):  # it reads scenarios
                 params["scenario_dir"] = self._settings.scenario_dir
             self.pool.assign(worker, token, record.run_id, record.kind, params, deadline)
         except OSError:  # the worker died just now: keep the run for the next one

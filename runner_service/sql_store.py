@@ -140,7 +140,7 @@ def make_engine(url: str, settings) -> sa.Engine:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         engine = sa.create_engine(
             url,
-            pool_size=settings.db_pool_size + 1,
+            pool_size=settings.db_pool_size + 2,  # readers, the writer, the checkpointer
             max_overflow=settings.db_max_overflow,
             pool_timeout=settings.db_pool_timeout_s,
             connect_args={"check_same_thread": False, "timeout": 5.0},
@@ -209,15 +209,24 @@ class SqlStore(store.Store):
         PASSIVE: it never waits for or blocks the writer or the readers."""
         assert self._engine is not None
         done_commits = -1
+        conn: sa.Connection | None = None
         while not self._checkpoint_stop.wait(CHECKPOINT_INTERVAL_S):
             if self._commits == done_commits:
                 continue
             done_commits = self._commits
             try:
-                with self._engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                if conn is None:
+                    conn = self._engine.connect()
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                conn.commit()  # hold no transaction between rounds
+            except Exception as exc:  # noqa: BLE001 - the next round tries again, on a new connection
                 log.warning("WAL checkpoint failed", extra={"error": repr(exc)})
+                if conn is not None:
+                    conn.invalidate()
+                    conn.close()
+                    conn = None
+        if conn is not None:
+            conn.close()
 
     def _migrate(self) -> None:
         assert self._engine is not None
