@@ -1,13 +1,11 @@
 """``python -m gateway`` (or the ``gateway`` console script): serve the gateway with uvicorn.
 
 uvicorn picks its fastest parts when they are installed: the ``uvloop`` event loop and the
-``httptools`` HTTP/1.1 parser (else the pure-Python ``h11``, which costs a unary call about a
-tenth of a millisecond more). The access log is kept only when it would be printed (log level
+``httptools`` HTTP/1.1 parser (a dependency). The access log is kept only when it would be printed (log level
 ``info`` or lower): uvicorn formats each line before the level filter would drop it.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 
@@ -15,8 +13,6 @@ import uvicorn
 
 from gateway import settings as settings_mod
 from gateway.app import create_app
-
-log = logging.getLogger("gateway")
 
 _ACCESS_LOG_LEVELS = ("trace", "debug", "info")
 
@@ -29,14 +25,11 @@ def main() -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     level = settings.log_level.lower()
-    http = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
-    if http == "h11":
-        log.info("HTTP/1.1 parser: h11 (install httptools for a faster one)")
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        http=http,
+        http="auto",  # httptools
         loop="auto",  # uvloop when installed
         lifespan="on",
         ws="none",
