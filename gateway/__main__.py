@@ -4,6 +4,7 @@ uvicorn picks its fastest parts when they are installed: the ``uvloop`` event lo
 ``httptools`` HTTP/1.1 parser (a dependency). The access log is kept only when it would be printed (log level
 ``info`` or lower): uvicorn formats each line before the level filter would drop it.
 """
+
 from __future__ import annotations
 
 import logging

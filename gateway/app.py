@@ -9,10 +9,11 @@ gateway's own work on a small unary call; everything else (health, OpenAPI, 404,
 goes through Starlette as usual. An exception a rule's handler does not expect propagates to
 the server, which answers 500 and logs it, as Starlette's ServerErrorMiddleware would.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from collections.abc import Iterable
 
 from google.protobuf.descriptor import FileDescriptor
 from google.rpc import code_pb2

@@ -6,6 +6,7 @@ one grpc-gateway uses, so REST callers who know that convention are not surprise
 own errors that have no gRPC twin (413 body too large, 405 method not allowed) set their HTTP
 status explicitly. ``Retry-After`` comes from a ``RetryInfo`` detail, rounded up to seconds.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,7 +72,9 @@ def bad_request(violations, message: str | None = None) -> GatewayError:
         message = f"invalid request: {first.field}: {first.description}" if first.field else first.description
         if len(violations) > 1:
             message += f" (and {len(violations) - 1} more)"
-    return GatewayError(status(code_pb2.INVALID_ARGUMENT, message, error_details_pb2.BadRequest(field_violations=violations)))
+    return GatewayError(
+        status(code_pb2.INVALID_ARGUMENT, message, error_details_pb2.BadRequest(field_violations=violations))
+    )
 
 
 def body_too_large(limit: int) -> GatewayError:

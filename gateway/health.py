@@ -6,6 +6,7 @@
   short deadline: 200 when SERVING, 503 otherwise (NOT_SERVING, unreachable, too slow).
 - ``/health``: both, as JSON; 200 only when ready.
 """
+
 from __future__ import annotations
 
 import grpc
@@ -58,6 +59,10 @@ class Probes:
                 wait_for_ready=False,
             )
         except grpc.aio.AioRpcError as err:
-            return {"status": "UNAVAILABLE", "detail": f"{err.code().name}: {err.details()}", "upstream": self._upstream.target}
+            return {
+                "status": "UNAVAILABLE",
+                "detail": f"{err.code().name}: {err.details()}",
+                "upstream": self._upstream.target,
+            }
         name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         return {"status": name, "upstream": self._upstream.target}

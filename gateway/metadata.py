@@ -5,13 +5,14 @@ Request headers passed upstream: ``Authorization``, ``traceparent``, ``tracestat
 base64). Response metadata, initial and trailing, comes back as ``Grpc-Metadata-<key>`` headers,
 except the transport's own ``grpc-*`` keys.
 """
+
 from __future__ import annotations
 
 import base64
 import binascii
 import re
 import uuid
-from typing import Iterable
+from collections.abc import Iterable
 
 PASSED_HEADERS = ("authorization", "traceparent", "tracestate", "x-request-id")
 METADATA_PREFIX = "grpc-metadata-"

@@ -18,10 +18,11 @@ limit                     JSON schema
 Duration bounds           in the description
 ========================  ==============================================================
 """
+
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from collections.abc import Iterable
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from starlette.responses import Response
@@ -34,8 +35,11 @@ from protos.validation import field_limits, limit
 OPENAPI_VERSION = "3.1.0"
 _STATUS = "google.rpc.Status"
 _INT64 = {
-    FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64,
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
 }
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
 _UINT32 = {FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32}
@@ -44,7 +48,7 @@ _DURATION_PATTERN = r"^-?[0-9]{1,12}(\.[0-9]{1,9})?s$"
 #: Well-known types: their proto3 JSON form instead of their fields.
 _WELL_KNOWN = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
-    "google.protobuf.Duration": {"type": "string", "pattern": _DURATION_PATTERN, "description": "seconds, e.g. \"1.5s\""},
+    "google.protobuf.Duration": {"type": "string", "pattern": _DURATION_PATTERN, "description": 'seconds, e.g. "1.5s"'},
     "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
     "google.protobuf.Value": {},
     "google.protobuf.ListValue": {"type": "array"},

@@ -17,11 +17,13 @@ closed enums with an unknown number, non-finite numbers in a ``Value`` and any o
 make the whole message go through ``MessageToDict`` (which then returns the same value or
 raises the same error as before).
 """
+
 from __future__ import annotations
 
 import base64
 import datetime
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -147,6 +149,7 @@ def _field_converter(field: FieldDescriptor) -> Converter:
         key = entry.fields_by_name["key"]
         value = _scalar_converter(entry.fields_by_name["value"])
         if key.type == FieldDescriptor.TYPE_BOOL:
+
             def map_key(k):
                 return "true" if k else "false"
         else:
@@ -258,14 +261,14 @@ def _timestamp(message: Message) -> str:
     days, seconds = divmod(seconds, 86400)
     minutes, second = divmod(seconds, 60)
     hour, minute = divmod(minutes, 60)
-    text = "%sT%02d:%02d:%02d" % (datetime.date.fromordinal(_EPOCH_ORDINAL + days).isoformat(), hour, minute, second)
+    text = f"{datetime.date.fromordinal(_EPOCH_ORDINAL + days).isoformat()}T{hour:02d}:{minute:02d}:{second:02d}"
     if nanos == 0:
         return text + "Z"
     if nanos % 1_000_000 == 0:
-        return "%s.%03dZ" % (text, nanos // 1_000_000)
+        return f"{text}.{nanos // 1_000_000:03d}Z"
     if nanos % 1000 == 0:
-        return "%s.%06dZ" % (text, nanos // 1000)
-    return "%s.%09dZ" % (text, nanos)
+        return f"{text}.{nanos // 1000:06d}Z"
+    return f"{text}.{nanos:09d}Z"
 
 
 def _struct(message: Message) -> dict:

@@ -12,10 +12,11 @@ Order of work for every request, so nothing reaches the runner that the gateway 
 body size (413), transcoding (400), schema limits with the runner's own validator (400 with
 BadRequest), headers (400), and only then the upstream call.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from urllib.parse import parse_qsl
 
 import grpc
@@ -175,7 +176,7 @@ class JsonReply:
     """A 200 ``application/json`` answer, sent as Starlette's JSONResponse sends it (same body
     bytes, same header order: the given headers, then Content-Length and Content-Type)."""
 
-    __slots__ = ("body", "raw_headers", "_keep")
+    __slots__ = ("_keep", "body", "raw_headers")
 
     def __init__(self, content, headers: dict[str, str], keep: object = None) -> None:
         self._keep = keep  # released with the reply, once it has been sent

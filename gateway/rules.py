@@ -9,11 +9,12 @@ Path templates follow ``google/api/http.proto``: literal segments, ``{field.path
 segment), ``{field.path=pattern}`` with ``*`` (one segment) and ``**`` (any number of segments),
 and an optional trailing ``:verb``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import message_factory

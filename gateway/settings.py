@@ -1,9 +1,10 @@
 """The gateway's settings: frozen, read once from ``GATEWAY_*`` environment variables."""
+
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 
 @dataclasses.dataclass(frozen=True)

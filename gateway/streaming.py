@@ -15,6 +15,7 @@ StreamingResponse does); when the caller goes away the upstream call is cancelle
 ExecuteRun's run ends CANCELLED. The ASGI call of :class:`EventStream` is the one owner of that
 cancellation: it cancels the call and both of its tasks in its ``finally``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,7 +43,9 @@ def wants_sse(accept: str) -> bool:
     """
     for item in accept.split(","):
         media, *params = (part.strip() for part in item.split(";"))
-        if media.lower() == SSE and not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params):
+        if media.lower() == SSE and not any(
+            p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params
+        ):
             return True
     return False
 
@@ -85,7 +88,7 @@ class SseEncoder:
 
 async def open_stream(
     rule: HttpRule, call, upstream: str, sse: bool, settings: Settings, headers: dict
-) -> Response | "EventStream":
+) -> Response | EventStream:
     """Wait up to ``stream_open_wait_s`` for the call's first event, then answer: an error
     response for an early error, else an :class:`EventStream` (which owns the call from then on).
     """
@@ -110,7 +113,9 @@ async def open_stream(
 class EventStream:
     """An ASGI response streaming a call's events; it cancels the call when it ends early."""
 
-    def __init__(self, call, pending: asyncio.Future, encoder, upstream: str, keepalive_s: float, headers: dict) -> None:
+    def __init__(
+        self, call, pending: asyncio.Future, encoder, upstream: str, keepalive_s: float, headers: dict
+    ) -> None:
         self._call = call
         self._pending = pending  # the outstanding call.read(); never cancelled while waiting
         self._encoder = encoder

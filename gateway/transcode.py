@@ -14,11 +14,13 @@ Responses use proto3 JSON with camelCase names (``preserving_proto_field_name=Fa
 mapping's standard, what grpc-gateway and Envoy emit) and with fields without presence printed
 even at their default (``"cancelRequested": false``), so a REST caller sees every field.
 """
+
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -194,7 +196,9 @@ def _parse(document: Any, message: Message, where: str) -> None:
         json_format.ParseDict(document, message, ignore_unknown_fields=False)
     except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as exc:
         # ParseError for what json_format recognises; the others for shapes it does not expect.
-        raise TranscodeError([FieldViolation(field=where or _field_of(str(exc)), description=_first_line(exc))]) from None
+        raise TranscodeError(
+            [FieldViolation(field=where or _field_of(str(exc)), description=_first_line(exc))]
+        ) from None
 
 
 def _field_of(text: str) -> str:

@@ -5,6 +5,7 @@ only borrow the channel. Calls never wait for a channel to become ready
 (``wait_for_ready=False``): an unreachable runner fails fast with UNAVAILABLE, which the gateway
 answers 503, instead of a request hanging until its deadline.
 """
+
 from __future__ import annotations
 
 import json

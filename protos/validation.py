@@ -62,13 +62,15 @@ Schema mistakes (a limit on a field type it does not apply to, a bad pattern) ra
 ``SchemaError`` when a message type is first compiled; the tests compile every message type of
 the schema, so this cannot happen while serving.
 """
+
 from __future__ import annotations
 
 import json
 import keyword
 import re
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -95,9 +97,15 @@ _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 _INTEGER_TYPES = frozenset(
     {
-        FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32,
-        FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64,
-        FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED32,
         FieldDescriptor.TYPE_SFIXED64,
     }
 )
@@ -174,7 +182,7 @@ class _Plan:
     checks nothing.
     """
 
-    __slots__ = ("name", "run", "source", "empty")
+    __slots__ = ("empty", "name", "run", "source")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -214,7 +222,7 @@ def _compile_message(descriptor: Descriptor, session: dict[str, _Plan]) -> _Plan
     if lines:
         plan.source = "def run(m0, prefix, out):\n" + "\n".join(_indent(lines)) + "\n"
         code = compile(plan.source, f"<validation of {descriptor.full_name}>", "exec")
-        exec(code, gen.names)  # noqa: S102 -- source generated from the descriptor only
+        exec(code, gen.names)
         plan.run = gen.names["run"]
     return plan
 

@@ -2,6 +2,7 @@
 
 Heavy imports stay inside main(): worker processes never import the server.
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,7 +13,8 @@ def main() -> int:
     import os
 
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    from runner_service import logs, settings as settings_mod
+    from runner_service import logs
+    from runner_service import settings as settings_mod
 
     try:
         settings = settings_mod.from_env()

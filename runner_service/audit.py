@@ -1,4 +1,5 @@
 """The audit log of operator actions: one JSON object per line, appended off the loop."""
+
 from __future__ import annotations
 
 import asyncio

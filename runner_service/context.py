@@ -6,6 +6,7 @@ cancelled, and reads its deadline. It runs in a worker process, so it may use th
 CPU freely; a job that never checks for cancellation is stopped by killing its
 worker after the cancel grace period.
 """
+
 from __future__ import annotations
 
 import time

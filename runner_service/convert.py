@@ -1,23 +1,17 @@
 """Conversions between protobuf messages and the runner's records (pure)."""
+
 from __future__ import annotations
 
 import base64
 import json
 
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.rpc import status_pb2
 
 from protos.runner.v1 import runner_pb2 as pb
 from runner_service.runs import RunState
 from runner_service.store import Cursor, RunRecord, StoredEvent
-
-
-def timestamp(us: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(us)
-    return ts
 
 
 def run_to_proto(record: RunRecord) -> pb.Run:
@@ -73,8 +67,13 @@ def stored_to_event(stored: StoredEvent) -> pb.RunEvent:
 
 
 def state_event(
-    run_id: str, seq: int, time_us: int, state: RunState, previous: RunState | None,
-    reason: str = "", error: status_pb2.Status | None = None,
+    run_id: str,
+    seq: int,
+    time_us: int,
+    state: RunState,
+    previous: RunState | None,
+    reason: str = "",
+    error: status_pb2.Status | None = None,
 ) -> pb.RunEvent:
     event = pb.RunEvent(run_id=run_id, seq=seq)
     event.time.FromMicroseconds(time_us)
@@ -162,10 +161,6 @@ def decode_page_token(token: str) -> Cursor:
         create_us, run_id = json.loads(raw)
         if not isinstance(create_us, int) or not isinstance(run_id, str):
             raise ValueError
-    except Exception:
+    except Exception:  # noqa: BLE001 - any malformed token is the same client error
         raise ValueError("page_token is not a token returned by ListRuns") from None
     return Cursor(create_us, run_id)
-
-
-def duration_ms(duration: duration_pb2.Duration) -> int:
-    return duration.ToMilliseconds()

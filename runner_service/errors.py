@@ -1,4 +1,5 @@
 """Typed errors of the runner and their one mapping to gRPC statuses with rich details."""
+
 from __future__ import annotations
 
 import grpc

@@ -4,6 +4,7 @@
 (and "" and runner.v1.RunnerService) is SERVING while the database answers, the
 worker pool is alive and the server is not draining.
 """
+
 from __future__ import annotations
 
 import asyncio

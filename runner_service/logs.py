@@ -1,4 +1,5 @@
 """Structured logging, configured once at start-up (never at import)."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,7 @@ class JsonFormatter(logging.Formatter):
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = " ".join(
-            f"{k}={v!r}" for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")
-        )
+        extras = " ".join(f"{k}={v!r}" for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_"))
         return f"{line} {extras}" if extras else line
 
 

@@ -12,12 +12,12 @@ transport buffers them and every later event arrives behind that backlog. A held
 progress event is replaced by newer ones while it waits, and it goes out at once when
 a state change, log or result follows it, so those are never delayed by the pace.
 """
+
 from __future__ import annotations
 
 import asyncio
 import collections
 import random
-from typing import Iterable
 
 from protos.runner.v1 import runner_pb2 as pb
 
@@ -30,8 +30,17 @@ class Subscription:
     """One watcher's queue. Items come out in seq order."""
 
     __slots__ = (
-        "_items", "_waiter", "_pending_important", "_max_pending", "overflowed", "closed", "aborted", "last_seq",
-        "_interval", "_next_progress_at", "_holding",
+        "_holding",
+        "_interval",
+        "_items",
+        "_max_pending",
+        "_next_progress_at",
+        "_pending_important",
+        "_waiter",
+        "aborted",
+        "closed",
+        "last_seq",
+        "overflowed",
     )
 
     def __init__(self, max_pending: int, progress_interval: float = 0.0) -> None:
@@ -138,7 +147,12 @@ class RunChannel:
     HISTORY = 256
 
     def __init__(
-        self, run_id: str, last_seq: int, max_pending: int, history: list[pb.RunEvent] = (), progress_interval: float = 0.0
+        self,
+        run_id: str,
+        last_seq: int,
+        max_pending: int,
+        history: list[pb.RunEvent] = (),
+        progress_interval: float = 0.0,
     ) -> None:
         self.run_id = run_id
         self._progress_interval = progress_interval
@@ -239,9 +253,6 @@ class Hub:
         channel = self._channels.pop(run_id, None)
         if channel is not None:
             channel.close(aborted)
-
-    def channels(self) -> Iterable[RunChannel]:
-        return list(self._channels.values())
 
     @property
     def watchers(self) -> int:

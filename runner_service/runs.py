@@ -1,4 +1,5 @@
 """Run states, cancel reasons and the transitions between states (pure)."""
+
 from __future__ import annotations
 
 import enum
@@ -23,17 +24,6 @@ class RunState(enum.IntEnum):
 TERMINAL = frozenset(
     {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.DEADLINE_EXCEEDED, RunState.INTERRUPTED}
 )
-
-_ALLOWED = {
-    RunState.QUEUED: {RunState.RUNNING} | TERMINAL - {RunState.SUCCEEDED},
-    RunState.RUNNING: set(TERMINAL),
-}
-
-
-def can_transition(current: RunState, target: RunState) -> bool:
-    """Whether a run may move from current to target. Terminal states are final;
-    a queued run cannot succeed without running."""
-    return target in _ALLOWED.get(current, set())
 
 
 class CancelReason(enum.Enum):

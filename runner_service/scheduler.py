@@ -5,6 +5,7 @@ Every run owned by this process is a LiveRun from submission until its terminal
 event is committed. Whoever wants a run stopped records a CancelReason first; the
 single _finish() turns the reason into the final state and persists it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,7 @@ import dataclasses
 import itertools
 import logging
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from google.rpc import code_pb2, status_pb2
 
@@ -61,8 +62,20 @@ def _retrieve(task: asyncio.Task) -> None:
 
 class LiveRun:
     __slots__ = (
-        "record", "spec", "channel", "cancel_reason", "worker", "token", "deadline_handle",
-        "kill_handle", "pending_progress", "unwritten", "unwritten_changes", "done", "finishing", "last_beat",
+        "cancel_reason",
+        "channel",
+        "deadline_handle",
+        "done",
+        "finishing",
+        "kill_handle",
+        "last_beat",
+        "pending_progress",
+        "record",
+        "spec",
+        "token",
+        "unwritten",
+        "unwritten_changes",
+        "worker",
     )
 
     def __init__(self, record: RunRecord, spec: pb.RunSpec, channel: RunChannel, done: asyncio.Future) -> None:
@@ -416,7 +429,9 @@ class Scheduler:
         live.worker = None  # nothing to release: the process is gone
         if live.cancel_reason is CancelReason.WORKER_LOST:
             message = f"the worker sent no heartbeat for {self._settings.heartbeat_timeout_s:g} s and was killed"
-            self._finish(live, RunState.FAILED, "worker lost", error=final_error(RunState.FAILED, message, "WORKER_LOST"))
+            self._finish(
+                live, RunState.FAILED, "worker lost", error=final_error(RunState.FAILED, message, "WORKER_LOST")
+            )
         elif worker.killed and live.cancel_reason is not None:
             state = live.cancel_reason.final_state
             message = f"run stopped: {live.cancel_reason.value} (the job ignored cancellation; its worker was killed)"
@@ -457,7 +472,9 @@ class Scheduler:
             self._store.write(record.run_id, {"cancel_requested": True})
         if live.worker is None:  # still queued
             state = live.cancel_reason.final_state
-            self._finish(live, state, live.cancel_reason.value, error=final_error(state, f"run stopped: {reason.value}"))
+            self._finish(
+                live, state, live.cancel_reason.value, error=final_error(state, f"run stopped: {reason.value}")
+            )
             return
         self.pool.cancel(live.worker, live.token)
         if live.kill_handle is None:
@@ -533,7 +550,9 @@ class Scheduler:
             to_publish.append(event)
         if error is not None:
             record.error = changes["error"] = error.SerializeToString()
-        to_publish.append(convert.state_event(record.run_id, live.channel.next_seq(), now, state, previous, reason, error))
+        to_publish.append(
+            convert.state_event(record.run_id, live.channel.next_seq(), now, state, previous, reason, error)
+        )
         events.extend(convert.event_to_stored(ev) for ev in to_publish)
         fut = self._store.write(record.run_id, changes, events)
         task = self._loop.create_task(self._publish_final(live, to_publish, fut), name=f"finish-{record.run_id}")

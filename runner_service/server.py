@@ -1,4 +1,5 @@
 """Builds the runner and runs it: ordered start, ordered stop."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,16 +7,16 @@ import logging
 import signal
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.runner.v1 import runner_pb2, runner_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from runner_service import servicer as servicer_mod
 from runner_service.audit import AuditLog
 from runner_service.health import Health
+from runner_service.jobs.catalog import Catalog
 from runner_service.progress import Hub
 from runner_service.scheduler import Scheduler
-from runner_service.jobs.catalog import Catalog
 from runner_service.settings import Settings, redact_url
 from runner_service.sql_store import SqlStore
 

@@ -1,4 +1,5 @@
 """gRPC servicers: validate, convert, call the core, map errors. Nothing else."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,10 +1,11 @@
 """Frozen settings, read from the environment once (in __main__) and passed down."""
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import socket
-from typing import Mapping
+from collections.abc import Mapping
 
 PROFILES = ("production", "development", "testing")
 
@@ -53,10 +54,6 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = True
     use_uvloop: bool = True
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
 
 _PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
@@ -127,5 +124,5 @@ def redact_url(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL: show nothing of it
+    except Exception:  # noqa: BLE001 - an unparsable URL: show nothing of it
         return "<unparsable database url>"

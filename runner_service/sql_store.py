@@ -5,6 +5,7 @@ transaction (group commit): a burst of submissions costs one commit, not one
 each. Reads run on a small thread pool. Nothing here touches the event loop
 thread except to resolve futures.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,7 @@ import logging
 import os
 import queue
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -103,7 +104,7 @@ def _event_row(ev: StoredEvent) -> dict:
 
 
 class _Op:
-    __slots__ = ("run_id", "changes", "events", "record", "future", "result", "error")
+    __slots__ = ("changes", "error", "events", "future", "record", "result", "run_id")
 
     def __init__(self, run_id, changes, events, record, future):
         self.run_id = run_id
@@ -128,6 +129,8 @@ def _update_statement(columns: tuple[str, ...]) -> sa.Update:
         .where(runs.c.run_id == sa.bindparam("b_run_id"))
         .values({name: sa.bindparam("b_" + name) for name in columns})
     )
+
+
 _MAX_BATCH = 1000
 
 
@@ -147,7 +150,7 @@ def make_engine(url: str, settings) -> sa.Engine:
         )
 
         @sa_event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=5000")
@@ -333,13 +336,13 @@ class SqlStore(store.Store):
         assert self._engine is not None
         try:
             self._transaction(batch)
-        except Exception:
+        except Exception:  # noqa: BLE001 - isolated below
             # Isolate the failing operation: replay one by one.
             for op in batch:
                 op.result = None
                 try:
                     self._transaction([op])
-                except Exception as exc:  # reported to the caller, not swallowed
+                except Exception as exc:  # noqa: BLE001 - reported to the caller, not swallowed
                     log.warning("store write failed", extra={"run_id": op.run_id, "error": repr(exc)})
                     op.error = StoreError(f"database write failed: {exc.__class__.__name__}")
         loop = self._loop
@@ -458,7 +461,9 @@ class SqlStore(store.Store):
         return await self._read(self._list_events, run_id, after_seq, up_to_seq, limit)
 
     @staticmethod
-    def _list_events(conn: sa.Connection, run_id: str, after_seq: int, up_to_seq: int | None, limit: int) -> list[StoredEvent]:
+    def _list_events(
+        conn: sa.Connection, run_id: str, after_seq: int, up_to_seq: int | None, limit: int
+    ) -> list[StoredEvent]:
         query = sa.select(run_events).where(run_events.c.run_id == run_id, run_events.c.seq > after_seq)
         if up_to_seq is not None:
             query = query.where(run_events.c.seq <= up_to_seq)

@@ -3,13 +3,14 @@
 Times are integer microseconds since the Unix epoch (UTC); convert.py turns them
 into timezone-aware values at the edges.
 """
+
 from __future__ import annotations
 
 import abc
 import asyncio
 import dataclasses
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from runner_service.runs import RunState
 
@@ -81,9 +82,7 @@ class Store(abc.ABC):
         store nothing and return that run with False (idempotent submit)."""
 
     @abc.abstractmethod
-    def write(
-        self, run_id: str, changes: dict | None, events: Sequence[StoredEvent] = ()
-    ) -> asyncio.Future:
+    def write(self, run_id: str, changes: dict | None, events: Sequence[StoredEvent] = ()) -> asyncio.Future:
         """Queue an update of a run's columns and new events, applied in call
         order. Returns a future resolved once committed (awaiting it is optional)."""
 

@@ -7,12 +7,13 @@ a policy (pure logic; the clock is injected).
 - ``blocked``: `block_threshold` restarts in the window; replacements still wait the
   cooldown, and an operator restart of the pool needs an explicit override.
 """
+
 from __future__ import annotations
 
 import collections
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
 
 ALLOWED = "allowed"
 COOLING_DOWN = "cooling_down"
@@ -64,13 +65,17 @@ class Watchdog:
             remaining = max(0.0, self.cooldown_s - (now - self._restarts[-1]))
         if count >= self.block_threshold:
             return Policy(
-                BLOCKED, count, remaining,
+                BLOCKED,
+                count,
+                remaining,
                 "recover: workers keep crashing; find the failing job kind, then restart workers "
                 "with acknowledge_override",
             )
         if count >= self.cooldown_threshold and remaining > 0:
             return Policy(
-                COOLING_DOWN, count, remaining,
+                COOLING_DOWN,
+                count,
+                remaining,
                 f"throttle: replacements are delayed; wait {remaining:.1f} s and watch the churn",
             )
         return Policy(ALLOWED, count, 0.0, "observe: no action needed")

@@ -5,6 +5,7 @@ Messages to the parent are tuples: ("ready", pid), ("progress", token, done,
 total, message), ("log", token, level, message), ("heartbeat", token),
 ("done", token, result), ("cancelled", token), ("failed", token, type, message).
 """
+
 from __future__ import annotations
 
 import os

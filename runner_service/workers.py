@@ -5,6 +5,7 @@ process, whose grpc threads make fork unsafe). Each worker has a duplex pipe,
 read on the event loop with add_reader, and a shared cancellation word: setting it
 to a run's token cancels that run without any message.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 from runner_service import worker_main
 from runner_service.watchdog import Watchdog
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    __slots__ = ("id", "process", "conn", "cancel_flag", "token", "ready", "alive", "killed", "retiring")
+    __slots__ = ("alive", "cancel_flag", "conn", "id", "killed", "process", "ready", "retiring", "token")
 
     def __init__(self, wid: int, process, conn, cancel_flag) -> None:
         self.id = wid
@@ -71,7 +72,6 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready_waiters: list[asyncio.Future] = []
         self._stopping = False
-        self.restarts_total = 0
         self.on_idle: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -240,7 +240,6 @@ class WorkerPool:
             self.watchdog.record_restart()
         self._on_exit(worker)
         if not self._stopping:
-            self.restarts_total += 1
             # Churn slows replacements down (watchdog cooldown); a worker that died
             # before it was ready will likely die again.
             delay = self.watchdog.respawn_delay_s() if churn else 0.0

@@ -1,4 +1,5 @@
 """Shared fixtures: a real runner on a loopback port with a real SQLite file."""
+
 from __future__ import annotations
 
 import contextlib

@@ -3,12 +3,13 @@
 
 A job function has the signature ``run(params: dict, ctx: JobContext) -> dict``.
 """
+
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 

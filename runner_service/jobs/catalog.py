@@ -12,6 +12,7 @@ a new file and rename it over the old one, as editors and deploy tools do).
 The same catalog is used in the runner (ListScenarios, checks at submission) and
 in worker processes (a job loads its scenario by name).
 """
+
 from __future__ import annotations
 
 import copy
@@ -127,7 +128,9 @@ class Catalog:
             except OSError as exc:
                 key = ("missing", type(exc).__name__)
                 if key != self._dir_key:
-                    log.warning("scenario directory unavailable", extra={"directory": self.directory, "error": str(exc)})
+                    log.warning(
+                        "scenario directory unavailable", extra={"directory": self.directory, "error": str(exc)}
+                    )
                     self._dir_key, self._dir_entries = key, {}
                     self._merged = dict(self._builtin)
                 return self._merged
@@ -135,7 +138,9 @@ class Catalog:
                 try:
                     entries = _scan(self.directory)
                 except OSError as exc:
-                    log.warning("cannot list the scenario directory", extra={"directory": self.directory, "error": str(exc)})
+                    log.warning(
+                        "cannot list the scenario directory", extra={"directory": self.directory, "error": str(exc)}
+                    )
                     entries = {}
                 self._log_errors(entries.values())
                 self._dir_key, self._dir_entries = key, entries

@@ -1,4 +1,5 @@
 """The diagnostic job: a synthetic workload for operators and benchmarks."""
+
 from __future__ import annotations
 
 import time

@@ -29,6 +29,7 @@ give the same outcome, bit for bit, in any process.
 and list indices written "0", "1", ... A path that does not exist raises
 OverrideError naming it, e.g. "sides.red.units.3.count".
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,7 +37,7 @@ import hashlib
 import math
 import random
 import re
-from typing import Callable
+from collections.abc import Callable
 
 DEFAULT_ACCURACY = 0.5
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
@@ -68,19 +69,18 @@ class OverrideError(ScenarioError):
 
 def _child(container, key: str, path: str):
     """The child of a dict or list by key ("0", "1"... for lists), or OverrideError."""
-    if isinstance(container, dict):
-        if key in container:
-            return key
-    elif isinstance(container, list):
-        if key.isdigit() and int(key) < len(container):
-            return int(key)
+    if isinstance(container, dict) and key in container:
+        return key
+    elif isinstance(container, list) and key.isdigit() and int(key) < len(container):
+        return int(key)
     raise OverrideError(path)
 
 
 def apply_overrides(scenario: dict, overrides: dict | None) -> dict:
     """A copy of `scenario` with `overrides` merged in by path. A dict in the
     overrides descends into the dict or list at that key (never replaces it); any
-    other value replaces the value at that key. Raises OverrideError for a path that does not exist (the first in key order)."""
+    other value replaces the value at that key. Raises OverrideError for a path that
+    does not exist (the first in key order)."""
     merged = copy.deepcopy(scenario)
     if overrides:
         _merge(merged, overrides, "")
@@ -142,8 +142,19 @@ class Battle:
     """A validated scenario flattened into parallel lists, one slot per unit type.
     Built once, simulated many times (each simulate() copies only `counts`)."""
 
-    __slots__ = ("description", "side_names", "type_names", "side_of", "counts", "strength",
-                 "attack", "defence", "accuracy", "enemies", "side_types")
+    __slots__ = (
+        "accuracy",
+        "attack",
+        "counts",
+        "defence",
+        "description",
+        "enemies",
+        "side_names",
+        "side_of",
+        "side_types",
+        "strength",
+        "type_names",
+    )
 
     def __init__(self, scenario: dict) -> None:
         if not isinstance(scenario, dict):
@@ -332,8 +343,7 @@ def simulate(
             if any(alive[j] for j in types):
                 winner = battle.side_names[s]
     survivors = {
-        name: {battle.type_names[j]: alive[j] for j in types}
-        for name, types in zip(battle.side_names, side_types)
+        name: {battle.type_names[j]: alive[j] for j in types} for name, types in zip(battle.side_names, side_types)
     }
     return {"winner": winner, "ticks": tick, "survivors": survivors}
 

@@ -13,6 +13,7 @@ spec gives the same result, bit for bit.
 An iteration that raises is listed under "failed" with its error; when more than
 half of a run's iterations fail, the run fails (IterationsFailed).
 """
+
 from __future__ import annotations
 
 from runner_service.context import JobCancelled
@@ -53,8 +54,9 @@ def load_scenario(catalog: catalog_mod.Catalog, sim: dict, where: str) -> dict:
         merged = engine.apply_overrides(scenario, sim.get("config_overrides") or {})
         engine.Battle(merged)
     except engine.ScenarioError as exc:
-        raise SimulationError(f"{where}.config_overrides.{exc.path}: {exc.reason}" if exc.path
-                              else f"{where}.config_overrides: {exc}") from None
+        raise SimulationError(
+            f"{where}.config_overrides.{exc.path}: {exc.reason}" if exc.path else f"{where}.config_overrides: {exc}"
+        ) from None
     return merged
 
 

@@ -3,6 +3,7 @@ submission (in the runner process), and the catalog as ListScenarios returns it.
 
 Kept out of the worker's import path (it imports protos and errors).
 """
+
 from __future__ import annotations
 
 from google.protobuf import json_format
@@ -47,8 +48,9 @@ def check_scenario(catalog: catalog_mod.Catalog, sim: pb.SimulationSpec, where: 
     try:
         merged = engine.apply_overrides(scenario, overrides)
     except engine.OverrideError as exc:
-        raise _invalid(f"{where}.config_overrides.{exc.path}",
-                       f"no parameter {exc.path!r} in scenario {sim.scenario!r}") from None
+        raise _invalid(
+            f"{where}.config_overrides.{exc.path}", f"no parameter {exc.path!r} in scenario {sim.scenario!r}"
+        ) from None
     try:
         engine.Battle(merged)
     except engine.ScenarioError as exc:
@@ -72,8 +74,9 @@ def check_spec(spec: pb.RunSpec, catalog: catalog_mod.Catalog, known_kinds) -> N
             try:
                 engine.check_path(merged, spec.sweep.parameter)
             except engine.OverrideError:
-                raise _invalid("spec.sweep.parameter",
-                               f"no parameter {spec.sweep.parameter!r} in scenario {sim.scenario!r}") from None
+                raise _invalid(
+                    "spec.sweep.parameter", f"no parameter {spec.sweep.parameter!r} in scenario {sim.scenario!r}"
+                ) from None
 
 
 def scenarios_response(entries: list[catalog_mod.Entry]) -> pb.ListScenariosResponse:

@@ -3,10 +3,11 @@
 >>> wilson_interval(50, 100)
 (0.4038, 0.5962)
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 Z95 = 1.959963984540054  # the 97.5 % quantile of the standard normal distribution
 DIGITS = 4

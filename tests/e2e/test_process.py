@@ -1,5 +1,6 @@
 """The runner as a real process (`python -m runner_service`): kill -9 and restart on the
 same SQLite file, and SIGTERM's graceful drain. No worker process may outlive its runner."""
+
 from __future__ import annotations
 
 import asyncio
@@ -54,7 +55,7 @@ def _stat(pid: int) -> tuple[str, int] | None:
         raw = pathlib.Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    fields = raw[raw.rindex(")") + 2:].split()
+    fields = raw[raw.rindex(")") + 2 :].split()
     return fields[0], int(fields[1])
 
 
@@ -125,8 +126,12 @@ async def spawn(tmp_path):
             proc = subprocess.Popen([sys.executable, "-m", "runner_service"], cwd=REPO, env=env, stdout=out, stderr=err)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         running = RunnerProcess(
-            proc, f"127.0.0.1:{port}", stderr, channel,
-            runner_pb2_grpc.RunnerServiceStub(channel), health_pb2_grpc.HealthStub(channel),
+            proc,
+            f"127.0.0.1:{port}",
+            stderr,
+            channel,
+            runner_pb2_grpc.RunnerServiceStub(channel),
+            health_pb2_grpc.HealthStub(channel),
         )
         started.append(running)
         deadline = time.monotonic() + 30

@@ -1,4 +1,5 @@
 """Gateway fixtures: the real gateway served by uvicorn on a loopback port, in the test's loop."""
+
 from __future__ import annotations
 
 import asyncio
@@ -61,6 +62,5 @@ def start_gateway():
 @pytest.fixture
 async def stack(start_runner, start_gateway):
     """A runner and a gateway in front of it: (runner, gateway)."""
-    async with start_runner() as runner:
-        async with start_gateway(runner.address) as gateway:
-            yield runner, gateway
+    async with start_runner() as runner, start_gateway(runner.address) as gateway:
+        yield runner, gateway

@@ -1,6 +1,7 @@
 """The gateway's fast paths give what the slow ones gave: the response printer against
 ``json_format``, path variables set directly against ``ParseDict``, the dispatcher against
 Starlette's router, and the raw JSON answer against Starlette's JSONResponse."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +25,8 @@ from google.rpc import error_details_pb2, status_pb2
 from starlette.responses import JSONResponse
 from starlette.routing import Match
 
-from gateway import protojson, routing, rules, settings as gateway_settings, transcode
+from gateway import protojson, routing, rules, transcode
+from gateway import settings as gateway_settings
 from gateway.app import create_app
 from protos.runner.v1 import runner_pb2 as pb
 
@@ -35,16 +37,31 @@ BY_METHOD = {rule.method: rule for rule in RULES}
 
 F = descriptor_pb2.FieldDescriptorProto
 _SCALARS = {
-    "f_double": F.TYPE_DOUBLE, "f_float": F.TYPE_FLOAT, "f_int64": F.TYPE_INT64, "f_uint64": F.TYPE_UINT64,
-    "f_int32": F.TYPE_INT32, "f_fixed64": F.TYPE_FIXED64, "f_fixed32": F.TYPE_FIXED32, "f_bool": F.TYPE_BOOL,
-    "f_string": F.TYPE_STRING, "f_bytes": F.TYPE_BYTES, "f_uint32": F.TYPE_UINT32, "f_sfixed32": F.TYPE_SFIXED32,
-    "f_sfixed64": F.TYPE_SFIXED64, "f_sint32": F.TYPE_SINT32, "f_sint64": F.TYPE_SINT64,
+    "f_double": F.TYPE_DOUBLE,
+    "f_float": F.TYPE_FLOAT,
+    "f_int64": F.TYPE_INT64,
+    "f_uint64": F.TYPE_UINT64,
+    "f_int32": F.TYPE_INT32,
+    "f_fixed64": F.TYPE_FIXED64,
+    "f_fixed32": F.TYPE_FIXED32,
+    "f_bool": F.TYPE_BOOL,
+    "f_string": F.TYPE_STRING,
+    "f_bytes": F.TYPE_BYTES,
+    "f_uint32": F.TYPE_UINT32,
+    "f_sfixed32": F.TYPE_SFIXED32,
+    "f_sfixed64": F.TYPE_SFIXED64,
+    "f_sint32": F.TYPE_SINT32,
+    "f_sint64": F.TYPE_SINT64,
 }
 _WELL_KNOWN = {
-    "f_timestamp": ".google.protobuf.Timestamp", "f_duration": ".google.protobuf.Duration",
-    "f_struct": ".google.protobuf.Struct", "f_value": ".google.protobuf.Value",
-    "f_list": ".google.protobuf.ListValue", "f_any": ".google.protobuf.Any",
-    "f_wrapped": ".google.protobuf.Int64Value", "f_mask": ".google.protobuf.FieldMask",
+    "f_timestamp": ".google.protobuf.Timestamp",
+    "f_duration": ".google.protobuf.Duration",
+    "f_struct": ".google.protobuf.Struct",
+    "f_value": ".google.protobuf.Value",
+    "f_list": ".google.protobuf.ListValue",
+    "f_any": ".google.protobuf.Any",
+    "f_wrapped": ".google.protobuf.Int64Value",
+    "f_mask": ".google.protobuf.FieldMask",
     "f_empty": ".google.protobuf.Empty",
 }
 
@@ -95,8 +112,11 @@ def _every_kind_class():
     keys = [("string", F.TYPE_STRING), ("int64", F.TYPE_INT64), ("bool", F.TYPE_BOOL), ("int32", F.TYPE_INT32)]
     for key_name, key_kind in keys:
         for value_name, value_kind, value_type in [
-            ("string", F.TYPE_STRING, None), ("double", F.TYPE_DOUBLE, None), ("color", F.TYPE_ENUM, ".gwtest.Color"),
-            ("child", F.TYPE_MESSAGE, ".gwtest.EveryKind"), ("bytes", F.TYPE_BYTES, None),
+            ("string", F.TYPE_STRING, None),
+            ("double", F.TYPE_DOUBLE, None),
+            ("color", F.TYPE_ENUM, ".gwtest.Color"),
+            ("child", F.TYPE_MESSAGE, ".gwtest.EveryKind"),
+            ("bytes", F.TYPE_BYTES, None),
         ]:
             entry_name = f"M{key_name.title()}{value_name.title()}Entry"
             entry = message.nested_type.add(name=entry_name)
@@ -114,7 +134,7 @@ def _every_kind_class():
 EveryKind = _every_kind_class()
 
 _FLOATS = [0.0, -0.0, 1.5, -2.25, 1e300, 3.4e38, 1e-7, 0.1, math.inf, -math.inf, math.nan, 123456789.0]
-_STRINGS = ["", "a", "é ü", "日本", "quote\"back\\slash", "\x00\x1f", "emoji 🙂"]
+_STRINGS = ["", "a", "é ü", "日本", 'quote"back\\slash', "\x00\x1f", "emoji 🙂"]
 
 
 def _scalar(rng: random.Random, kind: int, enum=False):
@@ -225,7 +245,7 @@ def _same(message, fast: bool = False) -> None:
     """to_json(message) is json_format's answer; with ``fast``, without falling back to it."""
     try:
         expected = protojson.reference(message)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         with pytest.raises(type(exc)):
             protojson.to_json(message)
         return
@@ -317,11 +337,24 @@ def _scope(method: str, path: str) -> dict:
 @pytest.mark.parametrize(
     "method, path",
     [
-        ("GET", "/v1/runs/abc"), ("GET", "/v1/runs"), ("POST", "/v1/runs"), ("POST", "/v1/runs:execute"),
-        ("POST", "/v1/runs/abc:cancel"), ("GET", "/v1/runs/abc/events"), ("GET", "/v1/runs/abc:cancel"),
-        ("DELETE", "/v1/runs"), ("HEAD", "/v1/runs/abc"), ("GET", "/v1/runs/a/b"), ("GET", "/health/live"),
-        ("GET", "/health"), ("GET", "/openapi.json"), ("GET", "/nope"), ("GET", "/v1/admin/status"),
-        ("POST", "/v1/admin/workers:restart"), ("GET", "/v1/summary"), ("GET", "/v1/scenarios"),
+        ("GET", "/v1/runs/abc"),
+        ("GET", "/v1/runs"),
+        ("POST", "/v1/runs"),
+        ("POST", "/v1/runs:execute"),
+        ("POST", "/v1/runs/abc:cancel"),
+        ("GET", "/v1/runs/abc/events"),
+        ("GET", "/v1/runs/abc:cancel"),
+        ("DELETE", "/v1/runs"),
+        ("HEAD", "/v1/runs/abc"),
+        ("GET", "/v1/runs/a/b"),
+        ("GET", "/health/live"),
+        ("GET", "/health"),
+        ("GET", "/openapi.json"),
+        ("GET", "/nope"),
+        ("GET", "/v1/admin/status"),
+        ("POST", "/v1/admin/workers:restart"),
+        ("GET", "/v1/summary"),
+        ("GET", "/v1/scenarios"),
     ],
 )
 def test_dispatcher_takes_what_the_router_would_serve_and_nothing_else(method, path):

@@ -1,4 +1,5 @@
 """The gateway over real HTTP (uvicorn on loopback) in front of a real runner (gRPC on loopback)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -54,6 +55,7 @@ def sse_events(text: str) -> list[dict]:
 
 async def wait_for_state(runner, run_id: str, state: int, timeout: float = 10.0) -> pb.Run:
     """Follow the run's events until it reaches ``state``; the run as then stored."""
+
     async def follow():
         async for event in runner.stub.WatchRun(pb.WatchRunRequest(run_id=run_id)):
             if event.WhichOneof("event") == "state_change" and event.state_change.state == state:
@@ -79,11 +81,15 @@ async def test_every_rpc_in_the_descriptors_answers_on_its_rest_route(stack):
         for method in service.methods:
             http = method.GetOptions().Extensions[annotations_pb2.http]
             verb = http.WhichOneof("pattern")
-            rule = next(r for r in rules.load([pb.DESCRIPTOR]) if (r.service, r.method) == (service.full_name, method.name))
+            rule = next(
+                r for r in rules.load([pb.DESCRIPTOR]) if (r.service, r.method) == (service.full_name, method.name)
+            )
             path = re.sub(r"\{[^}]*\}", run_id, getattr(http, verb))
             body = bodies.get(method.name, {}) if http.body else None
             # What the runner says to the same request over gRPC, mapped through the one table.
-            message = transcode.build_request(rule, dict.fromkeys(rule.variables, run_id), [], json.dumps(body or {}).encode())
+            message = transcode.build_request(
+                rule, dict.fromkeys(rule.variables, run_id), [], json.dumps(body or {}).encode()
+            )
             expected = await _grpc_status(runner, rule, message)
             response = await gw.client.request(verb.upper(), path, json=body)
             assert response.status_code == expected, (method.full_name, response.text)
@@ -98,8 +104,11 @@ async def test_every_rpc_in_the_descriptors_answers_on_its_rest_route(stack):
 
 async def _grpc_status(runner, rule, message) -> int:
     factory = runner.channel.unary_stream if rule.server_streaming else runner.channel.unary_unary
-    call = factory(rule.grpc_path, request_serializer=type(message).SerializeToString,
-                   response_deserializer=rule.output_type.FromString)
+    call = factory(
+        rule.grpc_path,
+        request_serializer=type(message).SerializeToString,
+        response_deserializer=rule.output_type.FromString,
+    )
     try:
         if rule.server_streaming:
             async for _ in call(message, timeout=20):
@@ -194,7 +203,9 @@ async def test_504_when_the_deadline_passes(stack):
     # A watch with nothing to deliver before its deadline: 504 before the stream starts.
     run = await gw.client.post("/v1/runs", json=diagnostic_body(ticks=1, tickDuration="30s"))
     run_id = run.json()["runId"]
-    response = await gw.client.get(f"/v1/runs/{run_id}/events", params={"after_seq": 1000}, headers={"grpc-timeout": "300m"})
+    response = await gw.client.get(
+        f"/v1/runs/{run_id}/events", params={"after_seq": 1000}, headers={"grpc-timeout": "300m"}
+    )
     assert response.status_code == 504 and response.json()["code"] == 4
     await runner.stub.CancelRun(pb.CancelRunRequest(run_id=run_id))
 
@@ -262,7 +273,9 @@ async def test_sse_watch_carries_every_event_and_last_event_id_resumes(stack):
     assert final_state(await events_of(runner.stub, run_id)) == pb.SUCCEEDED
 
     resume_at = int(blocks[3]["id"])
-    resumed = sse_events((await gw.client.get(f"/v1/runs/{run_id}/events", headers={**sse, "last-event-id": str(resume_at)})).text)
+    resumed = sse_events(
+        (await gw.client.get(f"/v1/runs/{run_id}/events", headers={**sse, "last-event-id": str(resume_at)})).text
+    )
     assert resumed and all(int(b["id"]) > resume_at for b in resumed)
     non_progress = [b["id"] for b in blocks if int(b["id"]) > resume_at and "progress" not in json.loads(b["data"])]
     assert [b["id"] for b in resumed if "progress" not in json.loads(b["data"])] == non_progress
@@ -288,7 +301,9 @@ async def test_sse_keep_alive_while_idle_and_error_event_at_the_deadline(stack, 
 
 async def test_client_disconnect_from_execute_cancels_the_run_within_a_second(stack):
     runner, gw = stack
-    async with gw.client.stream("POST", "/v1/runs:execute", json=diagnostic_body(ticks=600, tickDuration="0.1s")) as response:
+    async with gw.client.stream(
+        "POST", "/v1/runs:execute", json=diagnostic_body(ticks=600, tickDuration="0.1s")
+    ) as response:
         assert response.status_code == 200
         lines = response.aiter_lines()
         first = json.loads(await anext(lines))
@@ -348,19 +363,23 @@ async def test_openapi_json_passes_the_validator(stack):
 
 async def test_401_and_403_from_the_runner_admin_token(start_runner, start_gateway, tmp_path):
     audit = tmp_path / "audit.log"
-    async with start_runner(admin_token="s3cret", audit_log_path=str(audit)) as runner, \
-            start_gateway(runner.address) as gw:
+    async with (
+        start_runner(admin_token="s3cret", audit_log_path=str(audit)) as runner,
+        start_gateway(runner.address) as gw,
+    ):
         absent = await gw.client.get("/v1/admin/status")
         assert absent.status_code == 401 and absent.json()["code"] == 16
         wrong = await gw.client.get("/v1/admin/status", headers={"authorization": "Bearer nope"})
         assert wrong.status_code == 403 and wrong.json()["code"] == 7
-        refused = await gw.client.post("/v1/admin/workers:restart", json={"reason": "x"},
-                                       headers={"authorization": "Bearer nope"})
+        refused = await gw.client.post(
+            "/v1/admin/workers:restart", json={"reason": "x"}, headers={"authorization": "Bearer nope"}
+        )
         assert refused.status_code == 403
         good = await gw.client.get("/v1/admin/status", headers={"authorization": "Bearer s3cret"})
         assert good.status_code == 200 and good.json()["watchdog"]["policyState"] == "ALLOWED"
-        restarted = await gw.client.post("/v1/admin/workers:restart", json={"reason": "from REST"},
-                                         headers={"authorization": "Bearer s3cret"})
+        restarted = await gw.client.post(
+            "/v1/admin/workers:restart", json={"reason": "from REST"}, headers={"authorization": "Bearer s3cret"}
+        )
         assert restarted.status_code == 200, restarted.text
     entries = [json.loads(line) for line in audit.read_text().splitlines()]
     assert any("from REST" in json.dumps(entry) for entry in entries)

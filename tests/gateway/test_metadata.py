@@ -4,6 +4,7 @@ The runner neither reports the metadata it received nor answers every status cod
 tests put a real ``grpc.aio`` server on loopback that implements ``RunnerService.GetRun`` by
 echoing its metadata and answering the status code it is asked for.
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,7 +27,9 @@ async def _get_run(request: pb.GetRunRequest, context: grpc.aio.ServicerContext)
     context.set_trailing_metadata([("served-by", "echo")])
     wanted = int(received.get("want-code", "0"))
     if wanted:
-        await context.abort_with_status(rpc_status.to_status(status_pb2.Status(code=wanted, message=f"asked for {wanted}")))
+        await context.abort_with_status(
+            rpc_status.to_status(status_pb2.Status(code=wanted, message=f"asked for {wanted}"))
+        )
     return pb.Run(run_id=request.run_id)
 
 

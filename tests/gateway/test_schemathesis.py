@@ -1,4 +1,5 @@
 """A bounded schemathesis run (its own process) against the live gateway and a real runner."""
+
 from __future__ import annotations
 
 import asyncio
@@ -25,18 +26,30 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack,
         if probe.status_code == 501:
             excluded += ["--exclude-operation-id", f"{rule.service.rsplit('.', 1)[1]}_{rule.method}"]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "schemathesis.cli", "run", f"{gw.url}/openapi.json",
-        "--checks", CHECKS,
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{gw.url}/openapi.json",
+        "--checks",
+        CHECKS,
         # Examples and fuzzing only: schemathesis 4.32's coverage phase needs minutes to build
         # cases for SubmitRunRequest and hits an internal error on others.
-        "--phases", "examples,fuzzing",
-        "--max-examples", "20",
-        "--max-time", "30",
-        "--seed", "1",
-        "--workers", "2",
-        "--request-timeout", "15",
+        "--phases",
+        "examples,fuzzing",
+        "--max-examples",
+        "20",
+        "--max-time",
+        "30",
+        "--seed",
+        "1",
+        "--workers",
+        "2",
+        "--request-timeout",
+        "15",
         # Bound every call, streams included (an ExecuteRun of a random long run ends at 2 s).
-        "--header", "Grpc-Timeout: 2S",
+        "--header",
+        "Grpc-Timeout: 2S",
         *excluded,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

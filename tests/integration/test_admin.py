@@ -1,4 +1,5 @@
 """Worker crashes, the watchdog's policy, and the token-protected admin API."""
+
 import asyncio
 import json
 import os
@@ -7,7 +8,6 @@ import signal
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from protos.runner.v1 import runner_pb2 as pb
 from tests.conftest import diagnostic, events_of, final_state

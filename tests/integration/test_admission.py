@@ -1,4 +1,5 @@
 """Bounded admission (QUEUE_FULL at max_queued + 1) and idempotent submission by request_id."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,5 +1,6 @@
 """Cancellation: CancelRun (cooperative jobs, jobs that ignore it, queued and finished runs)
 and the end of an ExecuteRun call that owns its run."""
+
 from __future__ import annotations
 
 import time

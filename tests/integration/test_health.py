@@ -1,4 +1,5 @@
 """grpc.health.v1 on the runner: the four names, unknown names, and answers under CPU load."""
+
 from __future__ import annotations
 
 import grpc

@@ -1,4 +1,5 @@
 """ListRuns: keyset pagination newest first, and the state and kind filters."""
+
 from __future__ import annotations
 
 import pytest
@@ -92,4 +93,3 @@ async def test_runs_added_while_paging_do_not_shift_the_pages(runner, seven_runs
     assert first.next_page_token
     rest, _ = await walk(runner.stub, 3, first.next_page_token)
     assert [run.run_id for run in list(first.runs) + rest] == [run.run_id for run in reversed(seven_runs)]
-

@@ -1,4 +1,5 @@
 """A run whose worker stops heartbeating is detected and ended, apart from its timeout."""
+
 import os
 import signal
 import time

@@ -2,6 +2,7 @@
 google.rpc.BadRequest naming the field, on every RPC shape, and changes nothing.
 
 A representative handful per RPC; tests/unit/test_validation.py covers every limit."""
+
 from __future__ import annotations
 
 import grpc
@@ -127,7 +128,9 @@ async def test_several_violations_are_all_listed(runner):
         await runner.stub.SubmitRun(request, timeout=5)
     bad = detail_of(rich_status(caught.value), error_details_pb2.BadRequest)
     assert {v.field for v in bad.field_violations} == {
-        "spec.diagnostic.ticks", "spec.diagnostic.fail_at_tick", "request_id",
+        "spec.diagnostic.ticks",
+        "spec.diagnostic.fail_at_tick",
+        "request_id",
     }
 
 

@@ -1,4 +1,5 @@
 """A run's own `timeout` (counted from submission) ends it DEADLINE_EXCEEDED, running or queued."""
+
 from __future__ import annotations
 
 import time

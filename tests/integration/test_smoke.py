@@ -23,6 +23,7 @@ async def test_the_runner_works_on_postgresql(start_runner, postgres_url):
         events = await events_of(running.stub, run.run_id)
         assert final_state(events) == pb.SUCCEEDED
         replay = await events_of(running.stub, run.run_id, after_seq=2)
+
         # Progress may be conflated live; everything else is identical in the replay.
         def kept(evs):
             return [e.seq for e in evs if e.seq > 2 and e.WhichOneof("event") != "progress"]

@@ -1,4 +1,5 @@
 """The SQLAlchemy store against real databases: SQLite files and PostgreSQL."""
+
 from __future__ import annotations
 
 import uuid
@@ -14,8 +15,15 @@ from runner_service.store import Cursor, RunRecord, StoredEvent, now_us
 def record(request_id: str | None = None, create_us: int | None = None, kind: str = "diagnostic") -> RunRecord:
     now = create_us or now_us()
     return RunRecord(
-        run_id=uuid.uuid4().hex, kind=kind, spec=b"\x2a\x00", state=RunState.QUEUED,
-        create_us=now, update_us=now, request_id=request_id, labels={"team": "a"}, last_seq=1,
+        run_id=uuid.uuid4().hex,
+        kind=kind,
+        spec=b"\x2a\x00",
+        state=RunState.QUEUED,
+        create_us=now,
+        update_us=now,
+        request_id=request_id,
+        labels={"team": "a"},
+        last_seq=1,
     )
 
 
@@ -55,7 +63,6 @@ async def test_submit_is_durable_and_idempotent_by_request_id(store):
 
 async def test_duplicates_inside_one_group_commit_store_one_run(store):
     import asyncio
-    import contextlib
 
     records = [record("same-key") for _ in range(5)]
     results = await asyncio.gather(*(store.submit(r, event(r.run_id, 1)) for r in records))
@@ -67,7 +74,9 @@ async def test_writes_apply_in_order_and_events_replay_by_range(store):
     run = record()
     await store.submit(run, event(run.run_id, 1))
     store.write(run.run_id, {"state": RunState.RUNNING, "start_us": 5}, [event(run.run_id, 2)])
-    await store.write(run.run_id, {"state": RunState.SUCCEEDED, "end_us": 9}, [event(run.run_id, 3), event(run.run_id, 4)])
+    await store.write(
+        run.run_id, {"state": RunState.SUCCEEDED, "end_us": 9}, [event(run.run_id, 3), event(run.run_id, 4)]
+    )
     fetched = await store.get_run(run.run_id)
     assert fetched.state == RunState.SUCCEEDED and fetched.start_us == 5 and fetched.end_us == 9
     assert fetched.last_seq == 4

@@ -1,6 +1,8 @@
 """WatchRun: replay, resume with after_seq (finished and live runs), and slow watchers."""
+
 from __future__ import annotations
 
+import itertools
 import time
 
 import grpc
@@ -22,7 +24,7 @@ def logs(events: list[pb.RunEvent]) -> list[str]:
 
 def assert_strictly_increasing(events: list[pb.RunEvent]) -> None:
     seqs = [e.seq for e in events]
-    assert all(a < b for a, b in zip(seqs, seqs[1:])), f"seqs out of order: {seqs}"
+    assert all(a < b for a, b in itertools.pairwise(seqs)), f"seqs out of order: {seqs}"
 
 
 def assert_progress_monotonic(events: list[pb.RunEvent]) -> None:
@@ -58,7 +60,9 @@ async def test_after_seq_on_a_finished_run_replays_exactly_the_missing_events(ru
     assert_strictly_increasing(full)
     assert full[0].seq == 1 and all(e.run_id == run.run_id for e in full)
     assert [e.state_change.state for e in full if e.WhichOneof("event") == "state_change"] == [
-        pb.QUEUED, pb.RUNNING, pb.SUCCEEDED,
+        pb.QUEUED,
+        pb.RUNNING,
+        pb.SUCCEEDED,
     ]
     assert logs(full) == [f"tick {i}" for i in range(1, ticks + 1)]
     assert kinds(full)[-2:] == ["result", "state_change"]

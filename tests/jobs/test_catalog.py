@@ -1,4 +1,5 @@
 """The scenario catalog: built-ins, the operator's directory, malformed files, the mtime cache."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,10 @@ def test_builtins_are_listed_with_summaries():
     assert all(not e.error for e in entries.values())
     skirmish = entries["skirmish"]
     assert skirmish.source == "builtin" and skirmish.description
-    assert skirmish.sides == (("red", (("infantry", 30), ("archers", 12))), ("blue", (("infantry", 26), ("cavalry", 8))))
+    assert skirmish.sides == (
+        ("red", (("infantry", 30), ("archers", 12))),
+        ("blue", (("infantry", 26), ("cavalry", 8))),
+    )
 
 
 def test_malformed_files_are_listed_with_their_error_and_logged(tmp_path, caplog):

@@ -1,4 +1,5 @@
 """The simulation engine: determinism, termination, overrides by path, validation."""
+
 from __future__ import annotations
 
 import json
@@ -33,14 +34,21 @@ def test_same_seed_same_outcome_and_the_global_rng_plays_no_part(name):
 def test_same_outcome_in_another_process_with_another_hash_seed():
     code = (
         "import json; from runner_service.jobs import catalog, engine; "
-        "b = engine.compile_scenario(catalog.Catalog().get('three_way'), {'sides': {'red': {'units': {'0': {'count': 30}}}}}); "
+        "b = engine.compile_scenario(catalog.Catalog().get('three_way'), "
+        "{'sides': {'red': {'units': {'0': {'count': 30}}}}}); "
         "print(json.dumps([engine.simulate(b, engine.derive_seed(7, i), 10000) for i in range(20)], sort_keys=True))"
     )
     outputs = set()
     for hash_seed in ("1", "2"):
         env = {"PYTHONHASHSEED": hash_seed, "PATH": "/usr/bin:/bin"}
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
-                              cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+        )
         assert done.returncode == 0, done.stderr
         outputs.add(done.stdout)
     battle = engine.compile_scenario(scenario("three_way"), {"sides": {"red": {"units": {"0": {"count": 30}}}}})
@@ -116,8 +124,7 @@ def test_check_is_called_every_tick_and_can_stop_the_battle():
 
 def test_progress_every_n_ticks():
     ticks = []
-    engine.simulate(engine.compile_scenario(immortals()), 1, 1000, on_progress=ticks.append,
-                    progress_every=100)
+    engine.simulate(engine.compile_scenario(immortals()), 1, 1000, on_progress=ticks.append, progress_every=100)
     assert ticks == list(range(100, 1001, 100))
 
 
@@ -153,7 +160,7 @@ def test_set_and_check_path():
     base = scenario("skirmish")
     assert engine.set_path(base, "sides.blue.units.1.count", 2)["sides"]["blue"]["units"][1]["count"] == 2
     engine.check_path(base, "sides.blue.units.1.count")
-    with pytest.raises(engine.OverrideError, match="sides.blue.units.2"):
+    with pytest.raises(engine.OverrideError, match=r"sides\.blue\.units\.2"):
         engine.check_path(base, "sides.blue.units.2.count")
 
 

@@ -1,6 +1,7 @@
 """Plugins: a tiny real distribution with an entry point in group runner_service.jobs,
 built and installed with pip for this session, runs end to end in a real runner; an
 unknown kind is INVALID_ARGUMENT at submission, listing the known kinds."""
+
 from __future__ import annotations
 
 import importlib
@@ -38,8 +39,13 @@ def run(params, ctx):
 
 
 def _pip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +54,8 @@ def echo_plugin(tmp_path_factory):
     uninstalled at the end of the session."""
     source = tmp_path_factory.mktemp("plugin")
     (source / f"{MODULE}.py").write_text(PLUGIN_SOURCE)
-    (source / "pyproject.toml").write_text(textwrap.dedent(f"""
+    (source / "pyproject.toml").write_text(
+        textwrap.dedent(f"""
         [build-system]
         requires = ["setuptools>=61"]
         build-backend = "setuptools.build_meta"
@@ -62,7 +69,8 @@ def echo_plugin(tmp_path_factory):
 
         [project.entry-points."runner_service.jobs"]
         {KIND} = "{MODULE}:run"
-    """))
+    """)
+    )
     done = _pip("install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet", str(source))
     assert done.returncode == 0, done.stdout + done.stderr
     importlib.invalidate_caches()

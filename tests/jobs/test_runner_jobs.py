@@ -1,6 +1,7 @@
 """The simulation job kinds through a real runner: determinism across worker processes
 and restarts, a known win probability inside its interval, bad paths rejected at
 submission, cancellation mid-batch, ListScenarios with a malformed file."""
+
 from __future__ import annotations
 
 import asyncio
@@ -61,8 +62,9 @@ def result_dict(run: pb.Run) -> dict:
 
 
 async def test_same_spec_same_result_in_two_worker_processes_and_after_a_restart(start_runner):
-    request = batch_request("three_way", 150, seed=20240611,
-                            overrides={"sides": {"blue": {"units": {"0": {"count": 15}}}}})
+    request = batch_request(
+        "three_way", 150, seed=20240611, overrides={"sides": {"blue": {"units": {"0": {"count": 15}}}}}
+    )
     async with start_runner(workers=2) as running:
         # Both submitted before either finishes: each runs on its own idle worker.
         runs = await asyncio.gather(*(running.stub.SubmitRun(request, timeout=5) for _ in range(2)))
@@ -212,9 +214,15 @@ async def test_cancel_between_iterations_of_a_batch_ends_cancelled_quickly(start
     async with start_runner(workers=1, cancel_grace_s=10.0) as running:
         stub = running.stub
         run = await stub.SubmitRun(
-            batch_request("skirmish", 1000, overrides={"sides": {"red": {"units": {"0": {"count": 600}}},
-                                                                "blue": {"units": {"0": {"count": 600}}}}}),
-            timeout=5)
+            batch_request(
+                "skirmish",
+                1000,
+                overrides={
+                    "sides": {"red": {"units": {"0": {"count": 600}}}, "blue": {"units": {"0": {"count": 600}}}}
+                },
+            ),
+            timeout=5,
+        )
         await wait_for_progress(stub, run.run_id)
         elapsed, ended = await cancel_quickly(stub, run.run_id)
         assert ended.state == pb.CANCELLED
@@ -251,9 +259,13 @@ async def test_cancel_a_single_simulation_within_a_tick(start_runner):
 async def test_list_scenarios_reports_a_malformed_file_and_lists_the_others(start_runner, tmp_path):
     directory = tmp_path / "scenarios"
     directory.mkdir()
-    good = {"description": "north and south", "sides": {
-        "north": {"units": [{"type": "pikes", "count": 4, "strength": 5, "attack": 2}]},
-        "south": {"units": [{"type": "bows", "count": 3, "strength": 4, "attack": 3}]}}}
+    good = {
+        "description": "north and south",
+        "sides": {
+            "north": {"units": [{"type": "pikes", "count": 4, "strength": 5, "attack": 2}]},
+            "south": {"units": [{"type": "bows", "count": 3, "strength": 4, "attack": 3}]},
+        },
+    }
     (directory / "border.json").write_text(json.dumps(good))
     (directory / "broken.json").write_text('{"sides": ')
     async with start_runner(scenario_dir=str(directory)) as running:
@@ -264,7 +276,9 @@ async def test_list_scenarios_reports_a_malformed_file_and_lists_the_others(star
         border = by_name["border"]
         assert border.error == "" and border.description == "north and south"
         assert [(s.name, [(u.unit_type, u.count) for u in s.units]) for s in border.sides] == [
-            ("north", [("pikes", 4)]), ("south", [("bows", 3)])]
+            ("north", [("pikes", 4)]),
+            ("south", [("bows", 3)]),
+        ]
         assert [s.name for s in listing.scenarios] == sorted(by_name)
         # A malformed scenario cannot be used, and says why.
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -297,7 +311,8 @@ async def test_compare_and_sweep_share_their_own_concurrency_limit(start_runner)
         # A third worker is idle, but the third heavy run waits for the limit; a
         # run of another kind submitted after it passes it and takes that worker.
         light = await stub.SubmitRun(
-            pb.SubmitRunRequest(spec=pb.RunSpec(diagnostic=pb.DiagnosticSpec(ticks=1))), timeout=5)
+            pb.SubmitRunRequest(spec=pb.RunSpec(diagnostic=pb.DiagnosticSpec(ticks=1))), timeout=5
+        )
         assert (await finished(stub, light.run_id)).state == pb.SUCCEEDED
         third = await stub.GetRun(pb.GetRunRequest(run_id=heavy[2].run_id), timeout=5)
         assert third.state == pb.QUEUED
@@ -316,9 +331,8 @@ async def test_a_job_module_named_in_configuration_runs(start_runner, tmp_path, 
     package = tmp_path / "opjobs"
     package.mkdir()
     (package / "square.py").write_text(
-        "def run(params, ctx):\n"
-        "    ctx.progress(1, 1, 'squared')\n"
-        "    return {'square': params['n'] ** 2}\n")
+        "def run(params, ctx):\n    ctx.progress(1, 1, 'squared')\n    return {'square': params['n'] ** 2}\n"
+    )
     # Workers import the module: it must be on their path, as an operator's would be.
     monkeypatch.setenv("PYTHONPATH", str(package))
     monkeypatch.syspath_prepend(str(package))

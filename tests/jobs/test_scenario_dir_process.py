@@ -1,6 +1,7 @@
 """The operator's scenario directory as production sets it (RUNNER_SCENARIO_DIR in the
 runner's environment): listed by the runner *and* loaded by the worker processes, which
 inherit the environment through the forkserver."""
+
 from __future__ import annotations
 
 import asyncio
@@ -44,13 +45,19 @@ async def test_a_scenario_from_runner_scenario_dir_runs_in_a_worker(tmp_path):
     (directory / "certain.json").write_text(json.dumps(OPERATOR_SCENARIO))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
-    env.update(RUNNER_LISTEN=f"127.0.0.1:{port}", RUNNER_DATABASE_URL=f"sqlite:///{tmp_path}/runner.db",
-               RUNNER_PROFILE="testing", RUNNER_WORKERS="1", RUNNER_SCENARIO_DIR=str(directory),
-               GRPC_VERBOSITY="ERROR")
+    env.update(
+        RUNNER_LISTEN=f"127.0.0.1:{port}",
+        RUNNER_DATABASE_URL=f"sqlite:///{tmp_path}/runner.db",
+        RUNNER_PROFILE="testing",
+        RUNNER_WORKERS="1",
+        RUNNER_SCENARIO_DIR=str(directory),
+        GRPC_VERBOSITY="ERROR",
+    )
     stderr = tmp_path / "runner.err"
     with open(stderr, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "runner_service"], cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runner_service"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         health = health_pb2_grpc.HealthStub(channel)

@@ -1,5 +1,6 @@
 """The simulation job kinds called directly, with a fake context: results, statistics,
 failed iterations, the more-than-half rule, cancellation inside an iteration."""
+
 from __future__ import annotations
 
 import json
@@ -105,13 +106,18 @@ def test_compare_reports_the_difference():
     assert red["ci95"][0] <= true_difference <= red["ci95"][1]
     assert red["win_probability"] == pytest.approx(
         result["variant"]["sides"]["red"]["win_probability"] - result["baseline"]["sides"]["red"]["win_probability"],
-        abs=1e-3)
+        abs=1e-3,
+    )
     json.dumps(result)
 
 
 def test_sweep_one_row_per_value_and_a_rejected_value_fails_its_row():
-    params = {"simulation": sim("marksman", max_ticks=1), "parameter": "sides.red.units.0.accuracy",
-              "values": [0.0, 1.0, "high"], "num_iterations": 10}
+    params = {
+        "simulation": sim("marksman", max_ticks=1),
+        "parameter": "sides.red.units.0.accuracy",
+        "values": [0.0, 1.0, "high"],
+        "num_iterations": 10,
+    }
     result = simulation.run_sweep(params, FakeContext())
     rows = result["rows"]
     assert [r["value"] for r in rows] == [0.0, 1.0, "high"]
@@ -127,8 +133,12 @@ def test_unknown_scenario_and_bad_paths_fail_with_the_name():
     with pytest.raises(simulation.SimulationError, match="nowhere"):
         simulation.run_simulation(sim("nowhere"), FakeContext())
     bad = {"sides": {"red": {"units": {"0": {"strenght": 2}}}}}
-    with pytest.raises(simulation.SimulationError, match=r"batch.simulation.config_overrides.sides.red.units.0.strenght"):
+    with pytest.raises(
+        simulation.SimulationError, match=r"batch.simulation.config_overrides.sides.red.units.0.strenght"
+    ):
         simulation.run_batch({"simulation": sim(overrides=bad), "num_iterations": 1}, FakeContext())
     with pytest.raises(simulation.SimulationError, match=r"sweep.parameter.*sides.red.units.9"):
-        simulation.run_sweep({"simulation": sim(), "parameter": "sides.red.units.9.count", "values": [1],
-                              "num_iterations": 1}, FakeContext())
+        simulation.run_sweep(
+            {"simulation": sim(), "parameter": "sides.red.units.9.count", "values": [1], "num_iterations": 1},
+            FakeContext(),
+        )

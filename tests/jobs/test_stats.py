@@ -1,4 +1,5 @@
 """Statistics: Wilson intervals (known values), the difference of two proportions, mean/std."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Fan-out logic: conflation, ordering, overflow, late subscribers."""
+
 import asyncio
 
 import pytest
