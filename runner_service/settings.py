@@ -39,6 +39,13 @@ class Settings:
     # bound on the WAL); below it a background thread checkpoints.
     sqlite_wal_autocheckpoint_pages: int = 8000
     max_message_bytes: int = 4 * 1024 * 1024
+    # Stored sizes: a larger spec is refused (INVALID_ARGUMENT), a larger result
+    # ends its run FAILED (RESULT_TOO_LARGE). Both stay well under
+    # max_message_bytes, so every stored run can be read, listed and cancelled.
+    max_spec_bytes: int = 1024 * 1024
+    max_result_bytes: int = 1024 * 1024
+    # A ListRuns page ends early (with a next_page_token) past this many bytes.
+    max_list_page_bytes: int = 3 * 1024 * 1024
     # AdminService bearer token; empty disables the admin API (PERMISSION_DENIED).
     admin_token: str = ""
     audit_log_path: str = "var/audit.log"
