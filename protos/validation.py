@@ -70,7 +70,7 @@ import keyword
 import re
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -79,7 +79,7 @@ from google.rpc import error_details_pb2
 
 from protos.runner.v1 import limits_pb2
 
-FieldViolation = error_details_pb2.BadRequest.FieldViolation
+FieldViolation: TypeAlias = error_details_pb2.BadRequest.FieldViolation
 
 #: The most violations :func:`validate` returns for one message.
 MAX_VIOLATIONS = 20
@@ -135,7 +135,7 @@ def validate(message: Message) -> list[FieldViolation]:
     """
     run = _RUN_BY_CLASS.get(message.__class__)
     if run is None:
-        run = _RUN_BY_CLASS[message.__class__] = compile_plan(message.DESCRIPTOR).run
+        run = _RUN_BY_CLASS[message.__class__] = compile_plan(cast(Descriptor, message.DESCRIPTOR)).run
     out: list[FieldViolation] = []
     try:
         run(message, "", out)
@@ -294,7 +294,7 @@ class _Generator:
             oneof = field.containing_oneof
             in_oneof = oneof is not None and field.name not in proto3_optional
             field_lines = self.field(field, default_max, d, prefix, stack, known_present=in_oneof)
-            if in_oneof:
+            if oneof is not None and in_oneof:
                 if field_lines:
                     members.setdefault(oneof.name, []).append((field.name, field_lines))
             else:
@@ -302,7 +302,7 @@ class _Generator:
         for oneof in descriptor.oneofs:
             if len(oneof.fields) == 1 and oneof.fields[0].name in proto3_optional:
                 continue  # the synthetic oneof of a proto3 `optional` field
-            required = oneof.GetOptions().Extensions[limits_pb2.oneof_required]
+            required = bool(_extension(oneof.GetOptions(), limits_pb2.oneof_required))
             member_lines = members.get(oneof.name, [])
             if not required and not member_lines:
                 continue
@@ -541,11 +541,14 @@ def _duration_lines(value: str, d: int, bounds) -> list[str]:
     return [f"{s} = {value}.seconds", f"{n} = {value}.nanos", f"if {' or '.join(tests)}:"]
 
 
+def _extension(options: Any, extension: Any) -> Any:
+    """An extension's value on an options message, or None when it is not set.
+    (The generated stubs type extensions as plain FieldDescriptors, hence Any.)"""
+    return options.Extensions[extension] if options.HasExtension(extension) else None
+
+
 def _file_default_max(descriptor: Descriptor) -> int | None:
-    options = descriptor.file.GetOptions()
-    if options.HasExtension(limits_pb2.default_max_string_len):
-        return options.Extensions[limits_pb2.default_max_string_len] or None
-    return None
+    return _extension(descriptor.file.GetOptions(), limits_pb2.default_max_string_len) or None
 
 
 def _proto3_optional_fields(descriptor: Descriptor) -> frozenset[str]:
@@ -558,10 +561,8 @@ def _proto3_optional_fields(descriptor: Descriptor) -> frozenset[str]:
 
 def field_limits(field: FieldDescriptor) -> limits_pb2.FieldLimits:
     """The (runner.v1.limits) option of a field; empty when it has none."""
-    options = field.GetOptions()
-    if options.HasExtension(limits_pb2.limits):
-        return options.Extensions[limits_pb2.limits]
-    return limits_pb2.FieldLimits()
+    found = _extension(field.GetOptions(), limits_pb2.limits)
+    return found if found is not None else limits_pb2.FieldLimits()
 
 
 def limit(limits: limits_pb2.FieldLimits, name: str):
@@ -703,7 +704,7 @@ def _walk_json(
     Containers deeper than max_depth are reported once and not looked into; the walk
     stops once more than max_values values were seen, so its cost is bounded.
     """
-    queue = deque(((root, root_is_struct, None, 1),))
+    queue: deque[tuple[Any, bool, Any, int]] = deque(((root, root_is_struct, None, 1),))
     pop, push = queue.popleft, queue.append
     seen = 0
     while queue:
