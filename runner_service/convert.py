@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.descriptor import FieldDescriptor
@@ -14,10 +15,14 @@ from runner_service.runs import RunState
 from runner_service.store import Cursor, RunRecord, StoredEvent
 
 
+def _proto_state(state: int) -> pb.RunState:
+    return RunState(state).value
+
+
 def run_to_proto(record: RunRecord) -> pb.Run:
     run = pb.Run(
         run_id=record.run_id,
-        state=int(record.state),
+        state=_proto_state(record.state),
         attempt=record.attempt,
         cancel_requested=record.cancel_requested,
         request_id=record.request_id or "",
@@ -78,9 +83,9 @@ def state_event(
     event = pb.RunEvent(run_id=run_id, seq=seq)
     event.time.FromMicroseconds(time_us)
     change = event.state_change
-    change.state = int(state)
+    change.state = _proto_state(state)
     if previous is not None:
-        change.previous = int(previous)
+        change.previous = _proto_state(previous)
     change.reason = reason
     if error is not None:
         change.error.CopyFrom(error)
@@ -92,6 +97,7 @@ def state_event(
 
 def _value(field: FieldDescriptor, value):
     if field.type == FieldDescriptor.TYPE_MESSAGE:
+        assert field.message_type is not None
         full_name = field.message_type.full_name
         if full_name == "google.protobuf.Duration":
             return value.ToNanoseconds() / 1e9
@@ -101,6 +107,7 @@ def _value(field: FieldDescriptor, value):
             return json_format.MessageToDict(value)
         return job_params(value)
     if field.type == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
         enum_value = field.enum_type.values_by_number.get(value)
         return enum_value.name if enum_value is not None else value
     return value
@@ -110,7 +117,7 @@ def job_params(message) -> dict:
     """A job's parameters from its spec message: plain JSON-able values, with
     Durations as float seconds, enums as names, Structs as dicts. Fields left at
     their default are included with that default."""
-    out = {}
+    out: dict[str, object] = {}
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
         if field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated and not message.HasField(field.name):
@@ -154,13 +161,31 @@ def encode_page_token(cursor: Cursor) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# A run id in a token is what this service issues (hex today); the bound keeps
+# whatever a client forges to a short plain string the database takes as it is.
+_TOKEN_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# create_us is a signed 64-bit column: anything outside cannot name a run.
+_MAX_CREATE_US = 2**63 - 1
+
+
 def decode_page_token(token: str) -> Cursor:
-    """Raises ValueError for a token this service did not issue."""
+    """The cursor a token returned by encode_page_token stands for.
+
+    Raises ValueError, and nothing else, for any other string: malformed base64
+    or JSON, another structure, a float, a bool, an integer outside 0..2^63-1,
+    or a run id that is not a short plain string."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        create_us, run_id = json.loads(raw)
-        if not isinstance(create_us, int) or not isinstance(run_id, str):
-            raise ValueError
+        decoded = json.loads(raw)
     except Exception:  # noqa: BLE001 - any malformed token is the same client error
-        raise ValueError("page_token is not a token returned by ListRuns") from None
-    return Cursor(create_us, run_id)
+        decoded = None
+    if isinstance(decoded, list) and len(decoded) == 2:
+        create_us, run_id = decoded
+        if (
+            type(create_us) is int
+            and 0 <= create_us <= _MAX_CREATE_US
+            and type(run_id) is str
+            and _TOKEN_RUN_ID.fullmatch(run_id)
+        ):
+            return Cursor(create_us, run_id)
+    raise ValueError("page_token is not a token returned by ListRuns")
