@@ -12,6 +12,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from runner_service import ipc
+
+MAX_PROGRESS_MESSAGE_CHARS = 1000
+MAX_LOG_CHARS = 10000
+MAX_LOG_LEVEL_CHARS = 16
+
 
 class JobCancelled(Exception):
     """Raised by JobContext.check_cancelled() (and sleep()) once the run is cancelled.
@@ -19,8 +25,12 @@ class JobCancelled(Exception):
 
 
 class JobContext:
-    def __init__(self, run_id: str, token: int, send, cancel_flag, deadline: float | None) -> None:
+    def __init__(
+        self, run_id: str, token: int, send, cancel_flag, deadline: float | None, scenario_dir: str = ""
+    ) -> None:
         self.run_id = run_id
+        # The operator's scenario directory (runner settings); never a client's input.
+        self.scenario_dir = scenario_dir
         self._token = token
         self._send = send
         self._flag = cancel_flag
@@ -60,11 +70,11 @@ class JobContext:
     # ---- reporting
     def progress(self, done: int, total: int = 0, message: str = "") -> None:
         """Report cumulative progress (not a delta). Cheap; call it as often as useful."""
-        self._send(("progress", self._token, int(done), int(total), str(message)))
+        self._send(ipc.Progress(self._token, int(done), int(total), str(message)[:MAX_PROGRESS_MESSAGE_CHARS]))
 
     def log(self, message: str, level: str = "INFO") -> None:
-        self._send(("log", self._token, str(level), str(message)))
+        self._send(ipc.Log(self._token, str(level)[:MAX_LOG_LEVEL_CHARS], str(message)[:MAX_LOG_CHARS]))
 
     def heartbeat(self, details: Any = None) -> None:
         """Tell the runner the job is alive (progress and log calls count too)."""
-        self._send(("heartbeat", self._token))
+        self._send(ipc.Heartbeat(self._token))

@@ -50,6 +50,8 @@ class Health:
             reasons.append("draining")
         if not self._scheduler.pool.alive_workers():
             reasons.append("no worker process alive")
+        elif self._scheduler.queued and not self._scheduler.pool.ready_count:
+            reasons.append("runs are waiting and no worker can take them")
         try:
             await asyncio.wait_for(self._store.ping(), timeout=2.0)
         except Exception as exc:  # noqa: BLE001 - any failure means not ready

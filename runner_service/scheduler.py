@@ -16,17 +16,17 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from protos.runner.v1 import runner_pb2 as pb
-from runner_service import convert, errors, jobs
-from runner_service.jobs import specs
+from runner_service import convert, errors, ipc, jobs
 from runner_service.progress import Hub, RunChannel
 from runner_service.runs import CancelReason, RunState, kind_of
 from runner_service.settings import parse_jobs
 from runner_service.store import RunRecord, Store, StoreError, now_us
 from runner_service.watchdog import Watchdog
-from runner_service.workers import Worker, WorkerPool
+from runner_service.workers import HandoverFailed, Worker, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ REPLAY_PAGE = 500
 # Kinds that run many simulations at once share their own concurrency limit
 # (settings.max_heavy_concurrent) so they cannot take every worker.
 HEAVY_KINDS = frozenset({"compare", "sweep"})
+# A run whose hand-over to a worker fails this many times ends FAILED
+# (HANDOVER_FAILED) instead of taking worker after worker down with it.
+MAX_HANDOVER_ATTEMPTS = 3
 
 _FINAL_CODES = {
     RunState.CANCELLED: code_pb2.CANCELLED,
@@ -67,11 +70,13 @@ class LiveRun:
         "deadline_handle",
         "done",
         "finishing",
+        "handover_failures",
         "kill_handle",
         "last_beat",
         "pending_progress",
         "record",
         "spec",
+        "started",
         "token",
         "unwritten",
         "unwritten_changes",
@@ -93,6 +98,8 @@ class LiveRun:
         self.done = done  # resolved with the final state once it is committed
         self.finishing = False
         self.last_beat = 0.0  # loop time of the last sign of life of its worker
+        self.started = False  # its worker confirmed the hand-over
+        self.handover_failures = 0
 
 
 class Scheduler:
@@ -116,6 +123,9 @@ class Scheduler:
             self._on_worker_exit,
             settings.heartbeat_interval_s,
             watchdog,
+            scenario_dir=settings.scenario_dir,
+            max_result_bytes=settings.max_result_bytes,
+            start_timeout_s=settings.worker_start_timeout_s,
         )
         self.pool.on_idle = self._dispatch
         self._queue: collections.deque[LiveRun] = collections.deque()
@@ -299,19 +309,21 @@ class Scheduler:
         if record.timeout_ms is not None:
             deadline = record.create_us / 1e6 + record.timeout_ms / 1000
         try:
-            params = convert.spec_params(live.spec)
-            if self._settings.scenario_dir and specs.simulations_of(live.spec):  # it reads scenarios
-                params["scenario_dir"] = self._settings.scenario_dir
-            self.pool.assign(worker, token, record.run_id, record.kind, params, deadline)
-        except OSError:  # the worker died just now: keep the run for the next one
-            self._queue.appendleft(live)
+            job = ipc.RunJob(token, record.run_id, record.kind, convert.spec_params(live.spec), deadline)
+            self.pool.assign(worker, job)
+        except HandoverFailed as exc:  # the worker died just now: keep the run for the next one
+            self.pool.discard(worker, str(exc))
+            self._handover_failed(live, str(exc))
             return
-        except Exception as exc:  # noqa: BLE001 - a spec the job API cannot carry
+        except Exception as exc:
+            log.exception("cannot hand a run to a worker", extra={"run_id": record.run_id})
             self.pool.release(worker)
-            self._finish(live, RunState.FAILED, "bad job parameters", error=final_error(RunState.FAILED, str(exc)))
+            error = final_error(RunState.FAILED, f"the run's parameters cannot be handed to a worker: {exc}")
+            self._finish(live, RunState.FAILED, "bad job parameters", error=error)
             return
         live.token = token
         live.worker = worker
+        live.started = False
         live.last_beat = self._loop.time()
         self._by_token[token] = live
         now = now_us()
@@ -330,6 +342,30 @@ class Scheduler:
         if self._state_flush is None:
             self._state_flush = self._loop.call_later(STATE_FLUSH_S, self._flush_dirty)
         live.channel.publish(event)
+
+    def _handover_failed(self, live: LiveRun, why: str) -> None:
+        """The run never reached its worker: queue it again at the head, or end it
+        FAILED once its hand-over failed MAX_HANDOVER_ATTEMPTS times."""
+        live.handover_failures += 1
+        log.warning(
+            "hand-over of a run to a worker failed",
+            extra={"run_id": live.record.run_id, "attempt": live.handover_failures, "why": why},
+        )
+        if live.handover_failures >= MAX_HANDOVER_ATTEMPTS:
+            message = f"the run could not be handed to a worker ({live.handover_failures} attempts): {why}"
+            self._finish(
+                live,
+                RunState.FAILED,
+                "hand-over failed",
+                error=final_error(RunState.FAILED, message, "HANDOVER_FAILED"),
+            )
+            return
+        if live.cancel_reason is not None:
+            state = live.cancel_reason.final_state
+            error = final_error(state, f"run stopped: {live.cancel_reason.value}")
+            self._finish(live, state, live.cancel_reason.value, error=error)
+            return
+        self._queue.appendleft(live)
 
     # ------------------------------------------------------------ events
 
@@ -375,51 +411,46 @@ class Scheduler:
             "update_us": record.update_us,
         }
 
-    def _on_message(self, worker: Worker, msg: tuple) -> None:
-        live = self._by_token.get(msg[1])
+    def _on_message(self, worker: Worker, msg: object) -> None:
+        live = self._by_token.get(getattr(msg, "token", 0))
         if live is None or live.finishing:
             return  # a late message of a run already ended
-        kind = msg[0]
         record = live.record
         live.last_beat = self._loop.time()
-        if kind == "heartbeat":
+        if isinstance(msg, ipc.Heartbeat):
             return
-        if kind == "progress":
-            _, _, done, total, message = msg
+        if isinstance(msg, ipc.Progress):
             now = now_us()
-            record.progress_done, record.progress_total, record.progress_message = done, total, message[:1000]
+            record.progress_done, record.progress_total, record.progress_message = msg.done, msg.total, msg.message
             record.update_us = now
             event = pb.RunEvent(run_id=record.run_id, seq=live.channel.next_seq())
             event.time.FromMicroseconds(now)
             progress = event.progress
-            progress.done, progress.total, progress.message = done, total, record.progress_message
-            if total > 0:
-                progress.fraction = min(1.0, done / total)
+            progress.done, progress.total, progress.message = msg.done, msg.total, msg.message
+            if msg.total > 0:
+                progress.fraction = min(1.0, msg.done / msg.total)
             live.pending_progress = event
             self._dirty.add(live)
             live.channel.publish(event)
-        elif kind == "log":
-            _, _, level, message = msg
+        elif isinstance(msg, ipc.Log):
             event = pb.RunEvent(run_id=record.run_id, seq=live.channel.next_seq())
             event.time.FromMicroseconds(now_us())
-            event.log.level, event.log.message = level[:16], message[:10000]
+            event.log.level, event.log.message = msg.level, msg.message
             self._emit(live, event, None)
-        elif kind == "done":
-            try:
-                result = convert.result_struct(msg[2])
-            except (TypeError, ValueError) as exc:
-                error = final_error(RunState.FAILED, f"the job returned a result that is not JSON-able: {exc}")
-                self._finish(live, RunState.FAILED, "bad result", error=error)
-            else:
-                self._finish(live, RunState.SUCCEEDED, "completed", result=result)
-        elif kind == "cancelled":
+        elif isinstance(msg, ipc.Started):
+            live.started = True
+        elif isinstance(msg, ipc.Done):
+            result = struct_pb2.Struct()
+            result.ParseFromString(msg.result)
+            self._finish(live, RunState.SUCCEEDED, "completed", result=result)
+        elif isinstance(msg, ipc.Cancelled):
             reason = live.cancel_reason or CancelReason.CLIENT_REQUEST
             state = reason.final_state
             self._finish(live, state, reason.value, error=final_error(state, f"run stopped: {reason.value}"))
-        elif kind == "failed":
-            _, _, exc_type, message = msg
-            reason = "UNKNOWN_JOB_KIND" if exc_type == "UnknownKind" else "JOB_FAILED"
-            error = final_error(RunState.FAILED, f"{exc_type}: {message}", reason)
+        elif isinstance(msg, ipc.Failed):
+            if msg.detail:
+                log.warning("job failed", extra={"run_id": record.run_id, "reason": msg.reason, "detail": msg.detail})
+            error = final_error(RunState.FAILED, msg.message, msg.reason)
             self._finish(live, RunState.FAILED, "job failed", error=error)
 
     def _on_worker_exit(self, worker: Worker) -> None:
@@ -427,11 +458,23 @@ class Scheduler:
         if live is None or live.finishing:
             return
         live.worker = None  # nothing to release: the process is gone
+        self._by_token.pop(live.token, None)
+        if live.kill_handle is not None:
+            live.kill_handle.cancel()
+            live.kill_handle = None
+        if not live.started:
+            # It died before it received the run: the run itself did nothing wrong.
+            self._handover_failed(live, worker.failure or f"the worker exited (code {worker.process.exitcode})")
+            self._dispatch()
+            return
         if live.cancel_reason is CancelReason.WORKER_LOST:
             message = f"the worker sent no heartbeat for {self._settings.heartbeat_timeout_s:g} s and was killed"
             self._finish(
                 live, RunState.FAILED, "worker lost", error=final_error(RunState.FAILED, message, "WORKER_LOST")
             )
+        elif worker.failure is not None:
+            error = final_error(RunState.FAILED, f"the run's worker was replaced: {worker.failure}", "WORKER_PROTOCOL")
+            self._finish(live, RunState.FAILED, "worker replaced", error=error)
         elif worker.killed and live.cancel_reason is not None:
             state = live.cancel_reason.final_state
             message = f"run stopped: {live.cancel_reason.value} (the job ignored cancellation; its worker was killed)"
@@ -494,13 +537,20 @@ class Scheduler:
             await asyncio.sleep(min(1.0, timeout / 4))
             now = self._loop.time()
             for live in list(self._live.values()):
-                if live.worker is not None and not live.finishing and now - live.last_beat > timeout:
+                worker = live.worker
+                if worker is None or live.finishing or now - live.last_beat <= timeout:
+                    continue
+                silent_s = round(now - live.last_beat, 1)
+                if not live.started:
+                    log.error("a worker did not take its run; replacing it", extra={"run_id": live.record.run_id})
+                    worker.failure = f"the worker did not take the run within {silent_s:g} s"
+                else:
                     log.error(
                         "run's worker stopped heartbeating; killing it",
-                        extra={"run_id": live.record.run_id, "silent_s": round(now - live.last_beat, 1)},
+                        extra={"run_id": live.record.run_id, "silent_s": silent_s},
                     )
                     live.cancel_reason = CancelReason.WORKER_LOST
-                    self.pool.kill(live.worker, churn=True)  # _on_worker_exit ends the run FAILED
+                self.pool.kill(worker, churn=True)  # _on_worker_exit ends or requeues the run
 
     def _on_deadline(self, live: LiveRun) -> None:
         live.deadline_handle = None
@@ -522,7 +572,11 @@ class Scheduler:
     # ------------------------------------------------------------ the end of a run
 
     def _finish(self, live: LiveRun, state: RunState, reason: str, result=None, error=None) -> None:
-        """The single place a run gets its final state: persist it, then publish it."""
+        """The single place a run gets its final state: persist it, then publish it.
+
+        Nobody learns the final state before the store holds it: the record keeps
+        its stored state, and the result and terminal events wait, until the
+        write commits (the store retries a failing write while the process lives)."""
         if live.finishing:
             return
         live.finishing = True
@@ -536,44 +590,57 @@ class Scheduler:
             pass
         record = live.record
         now = now_us()
-        previous = record.state
-        record.state = state
-        record.end_us = record.update_us = now
         events, changes = self._take_unwritten(live)
-        changes.update({"state": state, "end_us": now, "update_us": now})
+        final = {"state": state, "end_us": now, "update_us": now}
         to_publish = []
         if result is not None:
-            record.result = changes["result"] = result.SerializeToString()
+            final["result"] = result.SerializeToString()
             event = pb.RunEvent(run_id=record.run_id, seq=live.channel.next_seq())
             event.time.FromMicroseconds(now)
             event.result.CopyFrom(result)
             to_publish.append(event)
         if error is not None:
-            record.error = changes["error"] = error.SerializeToString()
+            final["error"] = error.SerializeToString()
         to_publish.append(
-            convert.state_event(record.run_id, live.channel.next_seq(), now, state, previous, reason, error)
+            convert.state_event(record.run_id, live.channel.next_seq(), now, state, record.state, reason, error)
         )
+        changes.update(final)
         events.extend(convert.event_to_stored(ev) for ev in to_publish)
         fut = self._store.write(record.run_id, changes, events)
-        task = self._loop.create_task(self._publish_final(live, to_publish, fut), name=f"finish-{record.run_id}")
+        task = self._loop.create_task(self._publish_final(live, final, to_publish, fut), name=f"finish-{record.run_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         worker, live.worker = live.worker, None
         if worker is not None:
             self.pool.release(worker)  # frees the slot now; the next run starts at once
 
-    async def _publish_final(self, live: LiveRun, to_publish: list[pb.RunEvent], fut: asyncio.Future) -> None:
+    async def _publish_final(
+        self, live: LiveRun, final: dict, to_publish: list[pb.RunEvent], fut: asyncio.Future
+    ) -> None:
+        record = live.record
         try:
             await fut
-        except StoreError:
-            log.error("could not store the final state of a run", extra={"run_id": live.record.run_id})
+        except StoreError as exc:
+            # The store gave up (it is closing, or refused the write for good): the
+            # final state is not stored, so nobody is told it. Watchers are cut off
+            # (UNAVAILABLE) and will find what the store holds when they come back.
+            log.error(
+                "the final state of a run could not be stored",
+                extra={"run_id": record.run_id, "state": final["state"].name, "error": str(exc)},
+            )
+            self._release_live(live, aborted=True)
+            if not live.done.done():
+                live.done.set_result(None)
+            return
+        for name, value in final.items():
+            setattr(record, name, value)
         channel = live.channel
         for event in to_publish:
             channel.publish(event)
         channel.mark_persisted(to_publish[-1].seq)
         self._release_live(live)
         if not live.done.done():
-            live.done.set_result(live.record.state)
+            live.done.set_result(record.state)
 
     def _release_live(self, live: LiveRun, aborted: bool = False) -> None:
         run_id = live.record.run_id

@@ -24,6 +24,8 @@ class Settings:
     # for heartbeat_timeout_s has a stuck worker, which is killed (run FAILED).
     heartbeat_interval_s: float = 1.0
     heartbeat_timeout_s: float = 10.0
+    # A worker process that is not ready this long after it was started is replaced.
+    worker_start_timeout_s: float = 30.0
     drain_period_s: float = 1.0
     shutdown_grace_s: float = 5.0
     # Per-watcher bound on undelivered state changes, logs and results.

@@ -1,23 +1,37 @@
 """The body of a worker process: receive a run, execute its job, report back.
 
 Kept free of grpc and the database: a worker imports only the job machinery.
-Messages to the parent are tuples: ("ready", pid), ("progress", token, done,
-total, message), ("log", token, level, message), ("heartbeat", token),
-("done", token, result), ("cancelled", token), ("failed", token, type, message).
+The messages are the dataclasses of ipc.py, framed on a blocking socket.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
 import traceback
 
-from runner_service import jobs
+from google.protobuf import struct_pb2
+
+from runner_service import ipc, jobs
 from runner_service.context import JobCancelled, JobContext
 
-MAX_ERROR_CHARS = 4000
+MAX_MESSAGE_CHARS = 2000
+MAX_DETAIL_CHARS = 8000
+PR_SET_PDEATHSIG = 1
+# An absolute path in an exception's text (a file the job opened, a module's
+# location): the client sees a placeholder, the runner's log the full text.
+_PATH = re.compile(r"(?<![\w.])(?:/[\w.+-]+){2,}/?|(?<![\w.])/[\w.+-]+\.\w+")
+
+
+def public_message(text: str) -> str:
+    """An error text fit for a client: server paths removed, bounded."""
+    text = _PATH.sub("<path>", text)
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 1] + "…"
+    return text
 
 
 def _die_with_parent() -> None:
@@ -43,9 +57,6 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-PR_SET_PDEATHSIG = 1
-
-
 def _heartbeat(send, current: list[int], interval_s: float) -> None:
     """Beat for the running job from a thread: it keeps beating while the job
     computes, and stops only when the whole process is stuck (or stopped)."""
@@ -54,57 +65,88 @@ def _heartbeat(send, current: list[int], interval_s: float) -> None:
         token = current[0]
         if token:
             try:
-                send(("heartbeat", token))
+                send(ipc.Heartbeat(token))
             except OSError:
                 return
 
 
-def main(conn, cancel_flag, targets: dict[str, str], heartbeat_s: float = 1.0) -> None:
+def result_bytes(result: object) -> bytes:
+    """A job's return value as a serialized Struct: a dict as it is, anything else
+    as {"value": ...}. Raises ValueError/TypeError when it is not JSON-able."""
+    struct = struct_pb2.Struct()
+    if result is not None:
+        struct.update(result if isinstance(result, dict) else {"value": result})
+    return struct.SerializeToString()
+
+
+def _outcome(token: int, fn, params: dict, ctx: JobContext, max_result_bytes: int):
+    """Run the job; the message that tells how it ended."""
+    try:
+        result = fn(params, ctx)
+    except JobCancelled:
+        return ipc.Cancelled(token)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        return ipc.Failed(token, "JOB_FAILED", f"{type(exc).__name__}: the job tried to exit its worker")
+    except BaseException as exc:  # noqa: BLE001 - a job's failure is reported, the worker lives on
+        detail = "".join(traceback.format_exception(exc))[-MAX_DETAIL_CHARS:]
+        return ipc.Failed(token, "JOB_FAILED", public_message(f"{type(exc).__name__}: {exc}"), detail)
+    try:
+        data = result_bytes(result)
+    except (TypeError, ValueError) as exc:
+        return ipc.Failed(
+            token, "JOB_FAILED", public_message(f"the job returned a result that is not JSON-able: {exc}")
+        )
+    if len(data) > max_result_bytes:
+        message = f"the job's result is {len(data)} bytes, over the limit of {max_result_bytes} bytes"
+        return ipc.Failed(token, "RESULT_TOO_LARGE", message)
+    return ipc.Done(token, data)
+
+
+def main(
+    sock,
+    cancel_flag,
+    targets: dict[str, str],
+    heartbeat_s: float = 1.0,
+    scenario_dir: str = "",
+    max_result_bytes: int = 1024 * 1024,
+) -> None:
     # Ctrl-C and SIGTERM reach the whole process group: the parent decides what
     # happens to running jobs, so a worker ignores them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    fd = sock.fileno()
+    os.set_blocking(fd, True)
     registry = jobs.Registry(targets)
     lock = threading.Lock()
 
-    def send(msg) -> None:
+    def send(message) -> None:
         with lock:
-            conn.send(msg)
+            ipc.send_frame(fd, message)
 
     current = [0]
     threading.Thread(target=_heartbeat, args=(send, current, heartbeat_s), name="heartbeat", daemon=True).start()
-    send(("ready", os.getpid()))
+    send(ipc.Ready(os.getpid()))
     while True:
         try:
-            msg = conn.recv()
+            message = ipc.recv_frame(fd)
         except (EOFError, OSError):
             return  # the parent is gone
-        if msg[0] == "stop":
-            return
-        _, token, run_id, kind, params, deadline = msg
-        ctx = JobContext(run_id, token, send, cancel_flag, deadline)
+        if not isinstance(message, ipc.RunJob):
+            return  # Stop
+        token = message.token
         current[0] = token
+        send(ipc.Started(token))
         try:
-            fn = registry.get(kind)
-            result = fn(params, ctx)
-            send(("done", token, result))
-        except JobCancelled:
-            send(("cancelled", token))
-        except KeyError as exc:
-            if exc.args == (kind,):
-                send(("failed", token, "UnknownKind", f"unknown job kind {kind!r}"))
-            else:
-                send(("failed", token, type(exc).__name__, _describe(exc)))
-        except BaseException as exc:  # noqa: BLE001 - a job's failure is reported, the worker lives on
-            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-                send(("failed", token, type(exc).__name__, "the job tried to exit its worker"))
-            else:
-                send(("failed", token, type(exc).__name__, _describe(exc)))
-        finally:
-            current[0] = 0
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{exc}\n" + "".join(traceback.format_exception(exc)[-3:])
-    return text[:MAX_ERROR_CHARS]
+            fn = registry.get(message.kind)
+        except KeyError:
+            outcome = ipc.Failed(token, "UNKNOWN_JOB_KIND", f"unknown job kind {message.kind!r}")
+        except Exception as exc:  # noqa: BLE001 - a plugin that cannot be imported fails its run
+            detail = "".join(traceback.format_exception(exc))[-MAX_DETAIL_CHARS:]
+            text = f"job kind {message.kind!r} cannot be loaded: {type(exc).__name__}: {exc}"
+            outcome = ipc.Failed(token, "JOB_FAILED", public_message(text), detail)
+        else:
+            ctx = JobContext(message.run_id, token, send, cancel_flag, message.deadline, scenario_dir)
+            outcome = _outcome(token, fn, message.params, ctx, max_result_bytes)
+        current[0] = 0
+        send(outcome)

@@ -1,9 +1,10 @@
 """Worker processes: start, hand out runs, read their messages, kill and replace.
 
 Workers are started with the forkserver method (never a plain fork of the server
-process, whose grpc threads make fork unsafe). Each worker has a duplex pipe,
-read on the event loop with add_reader, and a shared cancellation word: setting it
-to a run's token cancels that run without any message.
+process, whose grpc threads make fork unsafe). Each worker has a socket to the
+runner, driven on the event loop without ever blocking it (ipc.py: partial reads
+and writes are kept, frames are bounded), and a shared cancellation word: setting
+it to a run's token cancels that run without any message.
 """
 
 from __future__ import annotations
@@ -17,25 +18,55 @@ import os
 import signal
 from collections.abc import Callable
 
-from runner_service import worker_main
+from runner_service import ipc, worker_main
 from runner_service.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
+# Beyond the result itself a frame carries a few fields; progress and log
+# messages are far smaller (the job context truncates them).
+FRAME_OVERHEAD_BYTES = 64 * 1024
+
+
+class HandoverFailed(Exception):
+    """A run could not be handed to a worker (its process is gone or broken)."""
+
 
 class Worker:
-    __slots__ = ("alive", "cancel_flag", "conn", "id", "killed", "process", "ready", "retiring", "token")
+    __slots__ = (
+        "alive",
+        "cancel_flag",
+        "conn",
+        "failure",
+        "fd",
+        "id",
+        "killed",
+        "outbox",
+        "process",
+        "reader",
+        "ready",
+        "retiring",
+        "started",
+        "token",
+        "writing",
+    )
 
-    def __init__(self, wid: int, process, conn, cancel_flag) -> None:
+    def __init__(self, wid: int, process, conn, cancel_flag, max_frame: int) -> None:
         self.id = wid
         self.process = process
         self.conn = conn
+        self.fd: int = conn.fileno()
         self.cancel_flag = cancel_flag
+        self.reader = ipc.FrameReader(max_frame)
+        self.outbox = ipc.Outbox()
+        self.writing = False  # a writer callback waits for the socket
         self.token = 0  # token of the run it executes, 0 when idle
+        self.started = False  # the worker confirmed it received its run
         self.ready = False
         self.alive = True
         self.killed = False  # killed by the pool: not churn
         self.retiring = False  # being replaced by an operator restart
+        self.failure: str | None = None  # why the pool killed it, when it broke the protocol
 
     @property
     def pid(self) -> int | None:
@@ -46,22 +77,30 @@ class WorkerPool:
     """A fixed number of worker processes.
 
     on_message(worker, msg) is called on the event loop for every message of a
-    worker; on_exit(worker) when a worker process ended (after a kill too).
+    worker (an ipc dataclass); on_exit(worker) when a worker process ended (after
+    a kill too).
     """
 
     def __init__(
         self,
         size: int,
         targets: dict[str, str],
-        on_message: Callable[[Worker, tuple], None],
+        on_message: Callable[[Worker, object], None],
         on_exit: Callable[[Worker], None],
         heartbeat_s: float = 1.0,
         watchdog: Watchdog | None = None,
+        scenario_dir: str = "",
+        max_result_bytes: int = 1024 * 1024,
+        start_timeout_s: float = 30.0,
     ) -> None:
         self.size = size
         self._heartbeat_s = heartbeat_s
+        self._start_timeout_s = start_timeout_s
         self.watchdog = watchdog or Watchdog()
         self._targets = targets
+        self._scenario_dir = scenario_dir
+        self._max_result_bytes = max_result_bytes
+        self._max_frame = max_result_bytes + FRAME_OVERHEAD_BYTES
         self._on_message = on_message
         self._on_exit = on_exit
         self._ctx = multiprocessing.get_context("forkserver")
@@ -74,6 +113,11 @@ class WorkerPool:
         self._stopping = False
         self.on_idle: Callable[[], None] | None = None
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "the pool is not started"
+        return self._loop
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self, timeout_s: float = 30.0) -> None:
@@ -83,7 +127,7 @@ class WorkerPool:
         await self.wait_ready(timeout_s)
 
     async def wait_ready(self, timeout_s: float) -> None:
-        waiter = self._loop.create_future()
+        waiter = self.loop.create_future()
         self._ready_waiters.append(waiter)
         self._check_ready()
         await asyncio.wait_for(waiter, timeout_s)
@@ -102,18 +146,26 @@ class WorkerPool:
         wid = next(self._ids)
         process = self._ctx.Process(
             target=worker_main.main,
-            args=(child_conn, flag, self._targets, self._heartbeat_s),
+            args=(child_conn, flag, self._targets, self._heartbeat_s, self._scenario_dir, self._max_result_bytes),
             name=f"runner-worker-{wid}",
             daemon=True,
         )
         # Starting talks to the forkserver over a socket: keep it off the loop.
-        await self._loop.run_in_executor(None, process.start)
+        await self.loop.run_in_executor(None, process.start)
         child_conn.close()
-        worker = Worker(wid, process, parent_conn, flag)
+        worker = Worker(wid, process, parent_conn, flag, self._max_frame)
+        os.set_blocking(worker.fd, False)
         self._workers[wid] = worker
-        self._loop.add_reader(parent_conn.fileno(), self._readable, worker)
-        self._loop.add_reader(process.sentinel, self._exited, worker)
+        self.loop.add_reader(worker.fd, self._readable, worker)
+        self.loop.add_reader(process.sentinel, self._exited, worker)
+        self.loop.call_later(self._start_timeout_s, self._check_started, worker)
         return worker
+
+    def _check_started(self, worker: Worker) -> None:
+        if worker.alive and not worker.ready:
+            log.error("a worker process did not start in time; replacing it", extra={"worker": worker.id})
+            worker.failure = f"the worker did not start within {self._start_timeout_s:g} s"
+            self.kill(worker, churn=True)
 
     async def _respawn(self, delay_s: float) -> None:
         if delay_s:
@@ -128,17 +180,14 @@ class WorkerPool:
             return
         workers = list(self._workers.values())
         for worker in workers:
-            try:
-                worker.conn.send(("stop",))
-            except OSError:
-                pass
-        deadline = self._loop.time() + timeout_s
+            self._send(worker, ipc.Stop())
+        deadline = self.loop.time() + timeout_s
         for worker in workers:
-            left = max(0.0, deadline - self._loop.time())
-            await self._loop.run_in_executor(None, worker.process.join, left)
+            left = max(0.0, deadline - self.loop.time())
+            await self.loop.run_in_executor(None, worker.process.join, left)
             if worker.process.is_alive():
                 worker.process.kill()
-                await self._loop.run_in_executor(None, worker.process.join, 1.0)
+                await self.loop.run_in_executor(None, worker.process.join, 1.0)
             self._forget(worker)
 
     # ------------------------------------------------------------ runs
@@ -158,9 +207,17 @@ class WorkerPool:
     def idle_count(self) -> int:
         return sum(1 for w in self._idle if w.alive and w.token == 0 and not w.retiring)
 
-    def assign(self, worker: Worker, token: int, run_id: str, kind: str, params: dict, deadline: float | None) -> None:
-        worker.token = token
-        worker.conn.send(("run", token, run_id, kind, params, deadline))
+    def assign(self, worker: Worker, job: ipc.RunJob) -> None:
+        """Hand a run to an idle worker. The hand-over completes when the worker
+        answers Started. Raises HandoverFailed when the worker is gone (the caller
+        keeps the run and should replace the worker with discard()), or the
+        pickling error when the job's parameters cannot be carried."""
+        frame = ipc.encode(job)  # raises before anything is sent
+        worker.token = job.token
+        worker.started = False
+        if not self._write(worker, frame):
+            worker.token = 0
+            raise HandoverFailed(f"worker {worker.id} is gone")
 
     def cancel(self, worker: Worker, token: int) -> None:
         """Raise the run's cancellation flag; a cooperative job stops at its next check."""
@@ -170,6 +227,7 @@ class WorkerPool:
     def release(self, worker: Worker) -> None:
         """The worker finished its run and is free again."""
         worker.token = 0
+        worker.started = False
         if worker.retiring:
             self._retire(worker)
             return
@@ -190,14 +248,12 @@ class WorkerPool:
         return retiring
 
     def _retire(self, worker: Worker) -> None:
-        try:
-            worker.conn.send(("stop",))  # it exits; _exited spawns its replacement
-        except OSError:
+        if not self._send(worker, ipc.Stop()):  # it exits; _exited spawns its replacement
             self.kill(worker)
 
     def kill(self, worker: Worker, churn: bool = False) -> None:
         """SIGKILL the worker; it is replaced. churn=True when it is killed for
-        misbehaving (no heartbeat), which counts for the watchdog."""
+        misbehaving (no heartbeat, a broken message), which counts for the watchdog."""
         if worker.alive:
             worker.killed = not churn
             try:
@@ -206,28 +262,94 @@ class WorkerPool:
                 pass
             self._exited(worker)
 
+    def discard(self, worker: Worker, why: str) -> None:
+        """Replace a worker whose socket broke: it cannot be trusted with a run."""
+        log.warning("replacing a worker whose socket broke", extra={"worker": worker.id, "why": why})
+        worker.failure = why
+        self.kill(worker)
+
     def alive_workers(self) -> list[Worker]:
         return [w for w in self._workers.values() if w.alive]
+
+    @property
+    def ready_count(self) -> int:
+        return sum(1 for w in self._workers.values() if w.alive and w.ready and not w.retiring)
 
     @property
     def busy_count(self) -> int:
         return sum(1 for w in self._workers.values() if w.alive and w.token)
 
+    # ------------------------------------------------------------ the socket
+
+    def _send(self, worker: Worker, message: ipc.ToWorker) -> bool:
+        return self._write(worker, ipc.encode(message))
+
+    def _write(self, worker: Worker, frame: bytes) -> bool:
+        """Queue a frame and write what the socket takes now; the rest goes when
+        it is writable. False when the worker is gone."""
+        if not worker.alive:
+            return False
+        worker.outbox.add(frame)
+        if worker.writing:
+            return True
+        return self._flush(worker)
+
+    def _flush(self, worker: Worker) -> bool:
+        try:
+            done = worker.outbox.flush(worker.fd)
+        except OSError as exc:  # the worker's end is closed: it died or is dying
+            self._stop_writing(worker)
+            log.warning("cannot write to a worker", extra={"worker": worker.id, "error": repr(exc)})
+            return False
+        if done:
+            self._stop_writing(worker)
+        elif not worker.writing:
+            worker.writing = True
+            self.loop.add_writer(worker.fd, self._writable, worker)
+        return True
+
+    def _writable(self, worker: Worker) -> None:
+        if not self._flush(worker) and worker.alive:
+            self.discard(worker, "its socket refused a write")
+
+    def _stop_writing(self, worker: Worker) -> None:
+        if worker.writing:
+            worker.writing = False
+            try:
+                self.loop.remove_writer(worker.fd)
+            except (ValueError, OSError):
+                pass
+
     # ------------------------------------------------------------ events
 
     def _readable(self, worker: Worker) -> None:
-        conn = worker.conn
         try:
-            while conn.poll():
-                msg = conn.recv()
-                if msg[0] == "ready":
-                    worker.ready = True
-                    self._check_ready()
-                    self.release(worker)
-                else:
-                    self._on_message(worker, msg)
-        except (EOFError, OSError):
-            self._loop.remove_reader(conn.fileno())
+            messages, eof = worker.reader.read_from(worker.fd)
+        except ipc.FrameTooLarge as exc:
+            log.error("a worker sent an oversized message; replacing it", extra={"worker": worker.id, "why": str(exc)})
+            worker.failure = f"the job sent a message over the limit of {self._max_frame} bytes"
+            self.kill(worker, churn=True)
+            return
+        except OSError:
+            messages, eof = [], True
+        except Exception as exc:  # noqa: BLE001 - an undecodable frame: the worker is broken
+            log.error("a worker sent a message that cannot be read; replacing it", extra={"worker": worker.id})
+            worker.failure = f"the worker sent a message that cannot be read ({type(exc).__name__})"
+            self.kill(worker, churn=True)
+            return
+        for message in messages:
+            if not worker.alive:
+                return
+            if isinstance(message, ipc.Ready):
+                worker.ready = True
+                self._check_ready()
+                self.release(worker)
+            else:
+                if isinstance(message, ipc.Started) and message.token == worker.token:
+                    worker.started = True
+                self._on_message(worker, message)
+        if eof and worker.alive:
+            self.loop.remove_reader(worker.fd)  # the exit itself is seen on the sentinel
 
     def _exited(self, worker: Worker) -> None:
         if not worker.alive:
@@ -245,17 +367,18 @@ class WorkerPool:
             delay = self.watchdog.respawn_delay_s() if churn else 0.0
             if not worker.ready:
                 delay = max(delay, 1.0)
-            task = self._loop.create_task(self._respawn(delay), name=f"respawn-worker-{worker.id}")
+            task = self.loop.create_task(self._respawn(delay), name=f"respawn-worker-{worker.id}")
             task.add_done_callback(_log_failure)
         self._check_ready()
 
     def _forget(self, worker: Worker) -> None:
         worker.alive = False
         self._workers.pop(worker.id, None)
-        for fd in (worker.conn.fileno() if not worker.conn.closed else None, worker.process.sentinel):
+        self._stop_writing(worker)
+        for fd in (worker.fd if not worker.conn.closed else None, worker.process.sentinel):
             if fd is not None:
                 try:
-                    self._loop.remove_reader(fd)
+                    self.loop.remove_reader(fd)
                 except (ValueError, OSError):
                     pass
         if not worker.conn.closed:

@@ -171,8 +171,9 @@ class Catalog:
         return copy.deepcopy(entry.scenario)
 
 
-def directory_for_job(params: dict) -> str:
+def directory_for_job(ctx) -> str:
     """The operator's scenario directory as a job in a worker process sees it: the
-    job parameter "scenario_dir" when the runner passes one, else RUNNER_SCENARIO_DIR
-    from the worker's environment (inherited from the runner at start-up)."""
-    return str(params.get("scenario_dir") or os.environ.get(ENV_VAR, ""))
+    runner's setting carried by the job's context, else RUNNER_SCENARIO_DIR from
+    the environment (a job called outside a worker). Never a job parameter: a
+    client does not choose which directory a worker reads."""
+    return str(getattr(ctx, "scenario_dir", "") or os.environ.get(ENV_VAR, ""))

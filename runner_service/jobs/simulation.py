@@ -23,7 +23,9 @@ from runner_service.jobs import engine, stats
 MAX_LISTED_FAILURES = 100
 MAX_ERROR_CHARS = 500
 
-_catalogs: dict[str, catalog_mod.Catalog] = {}  # per worker process, by directory
+# One catalog per worker process: the directory comes from the runner's settings,
+# so there is one; a different one replaces it (the cache never grows).
+_catalog_slot: list[catalog_mod.Catalog] = []
 
 
 class SimulationError(Exception):
@@ -34,12 +36,11 @@ class IterationsFailed(Exception):
     """More than half of a run's iterations failed."""
 
 
-def _catalog(params: dict) -> catalog_mod.Catalog:
-    directory = catalog_mod.directory_for_job(params)
-    found = _catalogs.get(directory)
-    if found is None:
-        found = _catalogs[directory] = catalog_mod.Catalog(directory)
-    return found
+def _catalog(ctx) -> catalog_mod.Catalog:
+    directory = catalog_mod.directory_for_job(ctx)
+    if not _catalog_slot or _catalog_slot[0].directory != directory:
+        _catalog_slot[:] = [catalog_mod.Catalog(directory)]
+    return _catalog_slot[0]
 
 
 def load_scenario(catalog: catalog_mod.Catalog, sim: dict, where: str) -> dict:
@@ -159,7 +160,7 @@ def _spec_fields(sim: dict, name: str) -> dict:
 
 def run_simulation(params: dict, ctx) -> dict:
     """One battle: progress every tick batch, cancellation checked every tick."""
-    merged = load_scenario(_catalog(params), params, "simulation")
+    merged = load_scenario(_catalog(ctx), params, "simulation")
     battle = engine.Battle(merged)
     max_ticks = int(params["max_ticks"])
     every = max(100, max_ticks // 100)
@@ -178,7 +179,7 @@ def run_simulation(params: dict, ctx) -> dict:
 def run_batch(params: dict, ctx) -> dict:
     """num_iterations battles; progress per iteration."""
     sim = params["simulation"]
-    battle = engine.Battle(load_scenario(_catalog(params), sim, "batch.simulation"))
+    battle = engine.Battle(load_scenario(_catalog(ctx), sim, "batch.simulation"))
     n = int(params["num_iterations"])
     seed, max_ticks = int(sim.get("seed", 0)), int(sim["max_ticks"])
     tally = Tally(battle)
@@ -193,7 +194,7 @@ def run_batch(params: dict, ctx) -> dict:
 def run_compare(params: dict, ctx) -> dict:
     """Baseline and variant, num_iterations each, interleaved; the difference of
     win probabilities (variant - baseline) per side with Newcombe's interval."""
-    catalog = _catalog(params)
+    catalog = _catalog(ctx)
     arms = []
     for arm in ("baseline", "variant"):
         sim = params[arm]
@@ -226,7 +227,7 @@ def run_sweep(params: dict, ctx) -> dict:
     scenario rejects fails its whole row (listed with the error)."""
     sim = params["simulation"]
     parameter = params["parameter"]
-    merged = load_scenario(_catalog(params), sim, "sweep.simulation")
+    merged = load_scenario(_catalog(ctx), sim, "sweep.simulation")
     try:
         engine.check_path(merged, parameter)
     except engine.OverrideError as exc:

@@ -101,9 +101,15 @@ def test_a_missing_directory_leaves_the_builtins(tmp_path):
     assert "skirmish" in names
 
 
-def test_directory_for_job(monkeypatch):
+def test_directory_for_job_comes_from_the_context_never_from_parameters(monkeypatch):
+    class Ctx:
+        scenario_dir = ""
+
     monkeypatch.setenv("RUNNER_SCENARIO_DIR", "/from/env")
-    assert catalog.directory_for_job({}) == "/from/env"
-    assert catalog.directory_for_job({"scenario_dir": "/from/params"}) == "/from/params"
+    assert catalog.directory_for_job(Ctx()) == "/from/env"
+    ctx = Ctx()
+    ctx.scenario_dir = "/from/settings"
+    assert catalog.directory_for_job(ctx) == "/from/settings"
+    assert catalog.directory_for_job({"scenario_dir": "/from/params"}) == "/from/env"
     monkeypatch.delenv("RUNNER_SCENARIO_DIR")
-    assert catalog.directory_for_job({}) == ""
+    assert catalog.directory_for_job(Ctx()) == ""

@@ -1,0 +1,232 @@
+"""Hand-overs to worker processes: large parameters, large results, jobs that break
+the protocol, workers that never take their run. The runner serves these on uvloop,
+as in production: uvloop makes a socket it watches non-blocking, which is where a
+large hand-over once failed half-way and wedged the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import textwrap
+
+import grpc
+import pytest
+import uvloop
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.runner.v1 import runner_pb2 as pb
+from protos.runner.v1 import runner_pb2_grpc
+from runner_service.server import RunnerApp
+from tests.conftest import detail_of, diagnostic, events_of, final_state
+
+JOBS = textwrap.dedent(
+    """
+    from runner_service import ipc
+
+    def echo_sizes(params, ctx):
+        ctx.progress(1, 1, "measured")
+        return {key: len(value) for key, value in params.items()}
+
+    def huge_result(params, ctx):
+        return {"blob": "x" * int(params["chars"])}
+
+    def open_missing(params, ctx):
+        open("/srv/secret-area/config/settings.json")
+
+    def oversized_message(params, ctx):
+        # Bypasses the context's own truncation, as a broken job could.
+        ctx._send(ipc.Log(ctx._token, "INFO", "y" * 3_000_000))
+        ctx.sleep(30)
+    """
+)
+
+
+@pytest.fixture
+def job_module(tmp_path, monkeypatch):
+    package = tmp_path / "handover_jobs"
+    package.mkdir()
+    (package / "hjobs.py").write_text(JOBS)
+    monkeypatch.setenv("PYTHONPATH", str(package))
+    monkeypatch.syspath_prepend(str(package))
+    kinds = ("echo_sizes", "huge_result", "open_missing", "oversized_message")
+    return ",".join(f"{kind}=hjobs:{kind}" for kind in kinds)
+
+
+def plugin(kind: str, **parameters) -> pb.SubmitRunRequest:
+    request = pb.SubmitRunRequest()
+    request.spec.plugin.kind = kind
+    request.spec.plugin.parameters.SetInParent()
+    request.spec.plugin.parameters.update(parameters)
+    return request
+
+
+async def serve(settings, body) -> None:
+    app = RunnerApp(settings)
+    port = await app.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        await body(app, runner_pb2_grpc.RunnerServiceStub(channel), health_pb2_grpc.HealthStub(channel))
+    finally:
+        await channel.close()
+        await app.stop()
+
+
+def on_uvloop(coro_fn, settings) -> None:
+    uvloop.run(asyncio.wait_for(serve(settings, coro_fn), 90))
+
+
+async def outcome(stub, run_id: str) -> pb.Run:
+    events = await events_of(stub, run_id, timeout=30)
+    run = await stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=5)
+    assert final_state(events) == run.state
+    return run
+
+
+def reason_of(run: pb.Run) -> str:
+    info = detail_of(run.error, error_details_pb2.ErrorInfo)
+    return info.reason if info is not None else ""
+
+
+def test_runs_with_large_parameters_all_run_and_the_pool_stays_usable(make_settings, job_module):
+    big = "a" * 100_000
+
+    async def body(app, stub, health):
+        runs = [await stub.SubmitRun(plugin("echo_sizes", a=big, b=big, c=big), timeout=10) for _ in range(6)]
+        for run in runs:
+            done = await outcome(stub, run.run_id)
+            assert done.state == pb.SUCCEEDED, done.error.message
+            assert dict(done.result) == {"a": 100_000, "b": 100_000, "c": 100_000}
+        small = await outcome(stub, (await stub.SubmitRun(diagnostic(ticks=1), timeout=5)).run_id)
+        assert small.state == pb.SUCCEEDED
+        ready = await health.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=5)
+        assert ready.status == health_pb2.HealthCheckResponse.SERVING
+        assert len(app.scheduler.pool.alive_workers()) == 2
+
+    on_uvloop(body, make_settings(jobs=job_module))
+
+
+def test_a_result_over_its_limit_fails_the_run_and_every_read_still_works(make_settings, job_module):
+    async def body(app, stub, health):
+        run = await stub.SubmitRun(plugin("huge_result", chars=300_000), timeout=5)
+        done = await outcome(stub, run.run_id)
+        assert done.state == pb.FAILED
+        assert reason_of(done) == "RESULT_TOO_LARGE"
+        assert "over the limit of 100000 bytes" in done.error.message
+        assert not done.HasField("result")
+        listed = await stub.ListRuns(pb.ListRunsRequest(), timeout=5)
+        assert [r.run_id for r in listed.runs] == [run.run_id]
+        cancelled = await stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id), timeout=5)
+        assert cancelled.state == pb.FAILED
+        within = await outcome(stub, (await stub.SubmitRun(plugin("huge_result", chars=1000), timeout=5)).run_id)
+        assert within.state == pb.SUCCEEDED and len(within.result["blob"]) == 1000
+
+    on_uvloop(body, make_settings(jobs=job_module, max_result_bytes=100_000))
+
+
+def test_a_failed_jobs_message_carries_no_server_path_or_traceback(make_settings, job_module):
+    async def body(app, stub, health):
+        done = await outcome(stub, (await stub.SubmitRun(plugin("open_missing"), timeout=5)).run_id)
+        assert done.state == pb.FAILED and reason_of(done) == "JOB_FAILED"
+        assert done.error.message.startswith("FileNotFoundError:")
+        assert "secret-area" not in done.error.message and "<path>" in done.error.message
+        assert "Traceback" not in done.error.message and ".py" not in done.error.message
+
+    on_uvloop(body, make_settings(jobs=job_module))
+
+
+def test_a_job_that_sends_an_oversized_message_loses_its_worker_and_nothing_else(make_settings, job_module):
+    async def body(app, stub, health):
+        done = await outcome(stub, (await stub.SubmitRun(plugin("oversized_message"), timeout=5)).run_id)
+        assert done.state == pb.FAILED and reason_of(done) == "WORKER_PROTOCOL"
+        after = await outcome(stub, (await stub.SubmitRun(diagnostic(ticks=2), timeout=5)).run_id)
+        assert after.state == pb.SUCCEEDED
+
+    on_uvloop(body, make_settings(jobs=job_module, max_result_bytes=100_000))
+
+
+def test_a_run_whose_hand_over_keeps_failing_ends_failed_and_does_not_block_the_queue(make_settings):
+    """Every worker is frozen (SIGSTOP) as soon as it exists: none ever confirms
+    its run. Each is replaced; after three attempts the run ends FAILED, readiness
+    says NOT_SERVING meanwhile, and once workers behave the next run runs."""
+
+    async def body(app, stub, health):
+        pool = app.scheduler.pool
+        frozen: set[int] = set()
+        dispatch = pool.on_idle
+
+        def freeze_ready_workers():
+            for worker in pool.alive_workers():
+                if worker.ready and worker.pid not in frozen:
+                    os.kill(worker.pid, signal.SIGSTOP)
+                    frozen.add(worker.pid)
+
+        def freeze_then_dispatch():  # a worker that hangs right after it said Ready
+            freeze_ready_workers()
+            dispatch()
+
+        freeze_ready_workers()
+        pool.on_idle = freeze_then_dispatch
+        try:
+            run = await stub.SubmitRun(diagnostic(ticks=1), timeout=5)
+            done = await outcome(stub, run.run_id)
+        finally:
+            pool.on_idle = dispatch
+            for pid in frozen:  # the frozen ones were killed and replaced; wake any left
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        assert done.state == pb.FAILED and reason_of(done) == "HANDOVER_FAILED", done.error.message
+        assert "3 attempts" in done.error.message
+        assert len(frozen) >= 3
+        after = await outcome(stub, (await stub.SubmitRun(diagnostic(ticks=1), timeout=5)).run_id)
+        assert after.state == pb.SUCCEEDED
+
+    settings = make_settings(
+        workers=1,
+        heartbeat_interval_s=0.1,
+        heartbeat_timeout_s=0.5,
+        watchdog_cooldown_threshold=100,
+        watchdog_block_threshold=200,
+    )
+    on_uvloop(body, settings)
+
+
+def test_readiness_is_not_serving_while_runs_wait_and_no_worker_can_take_them(make_settings):
+    async def body(app, stub, health):
+        pool = app.scheduler.pool
+        statuses: list[int] = []
+        killing = True
+
+        async def kill_workers():
+            while killing:
+                for worker in pool.alive_workers():
+                    os.kill(worker.pid, signal.SIGKILL)
+                await asyncio.sleep(0.01)
+
+        killer = asyncio.create_task(kill_workers())
+        try:
+            await asyncio.sleep(0.3)
+            run = await stub.SubmitRun(diagnostic(ticks=1), timeout=5)
+            for _ in range(40):
+                check = await health.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=5)
+                statuses.append(check.status)
+                if check.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            killing = False
+            await killer
+        assert statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+        done = await outcome(stub, run.run_id)
+        assert done.state == pb.SUCCEEDED
+        for _ in range(50):
+            check = await health.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=5)
+            if check.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            await asyncio.sleep(0.1)
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+
+    on_uvloop(body, make_settings(workers=1, watchdog_cooldown_threshold=100, watchdog_block_threshold=200))
