@@ -17,6 +17,11 @@ from runner_service.runs import kind_of
 
 _FieldViolation = error_details_pb2.BadRequest.FieldViolation
 
+#: Job kinds with a typed spec (the members of RunSpec.kind but `plugin`). A run
+#: of one of these is reached only through its typed field, so its checks (and
+#: its limits in the schema) always apply.
+TYPED_KINDS = frozenset(field.name for field in pb.RunSpec.DESCRIPTOR.oneofs_by_name["kind"].fields) - {"plugin"}
+
 
 def _invalid(field: str, description: str) -> errors.InvalidArgument:
     return errors.InvalidArgument([_FieldViolation(field=field, description=description)])
@@ -60,10 +65,16 @@ def check_scenario(catalog: catalog_mod.Catalog, sim: pb.SimulationSpec, where: 
 
 
 def check_spec(spec: pb.RunSpec, catalog: catalog_mod.Catalog, known_kinds) -> None:
-    """Raise a RunnerError when the run could never start: an unknown job kind
-    (InvalidArgument listing the known ones), or a scenario problem (check_scenario),
+    """Raise a RunnerError when the run could never start: a plugin spec naming a
+    built-in kind (InvalidArgument: the typed field must be used), an unknown job
+    kind (InvalidArgument listing the known ones), or a scenario problem (check_scenario),
     or a sweep parameter that is not in the scenario (InvalidArgument)."""
     kind = kind_of(spec)
+    if spec.WhichOneof("kind") == "plugin" and kind in TYPED_KINDS:
+        raise _invalid(
+            "spec.plugin.kind",
+            f"{kind!r} is a built-in job kind: use the typed field spec.{kind} instead of spec.plugin",
+        )
     if kind not in known_kinds:
         field = "spec.plugin.kind" if spec.WhichOneof("kind") == "plugin" else "spec"
         known = ", ".join(sorted(known_kinds))
