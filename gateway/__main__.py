@@ -1,8 +1,13 @@
 """``python -m gateway`` (or the ``gateway`` console script): serve the gateway with uvicorn.
 
-uvicorn picks its fastest parts when they are installed: the ``uvloop`` event loop and the
-``httptools`` HTTP/1.1 parser (a dependency). The access log is kept only when it would be printed (log level
+uvicorn picks the ``uvloop`` event loop when it is installed; the HTTP/1.1 protocol is
+uvicorn's ``httptools`` one with the gateway's bounds on heads, bodies and connections
+(:mod:`gateway.server`). The access log is kept only when it would be printed (log level
 ``info`` or lower): uvicorn formats each line before the level filter would drop it.
+
+Logging is the runner's (``runner_service.logs``): one handler with credentials redacted, the
+gateway's own loggers at ``GATEWAY_LOG_LEVEL``, uvicorn's server and access lines at INFO or
+above, other libraries at WARNING or above. uvicorn's own logging set-up is not used.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ import logging
 import sys
 
 import uvicorn
+from uvicorn.config import LOG_LEVELS, TRACE_LOG_LEVEL
 
+from gateway import server
 from gateway import settings as settings_mod
 from gateway.app import create_app
+from runner_service import logs
 
 _ACCESS_LOG_LEVELS = ("trace", "debug", "info")
 
@@ -24,17 +32,23 @@ def main() -> int:
     except ValueError as exc:
         print(f"gateway: bad configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     level = settings.log_level.lower()
-    config = uvicorn.Config(
+    if level not in LOG_LEVELS:
+        print(f"gateway: bad configuration: GATEWAY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}", file=sys.stderr)
+        return 2
+    logs.configure(LOG_LEVELS[level], json_lines=False)
+    if LOG_LEVELS[level] <= TRACE_LOG_LEVEL:  # uvicorn's protocol traces, asked for by name
+        for name in ("uvicorn.error", "uvicorn.asgi"):
+            logging.getLogger(name).setLevel(TRACE_LOG_LEVEL)
+    config = server.config(
         create_app(settings),
+        settings,
         host=settings.host,
         port=settings.port,
-        http="auto",  # httptools
         loop="auto",  # uvloop when installed
         lifespan="on",
-        ws="none",
-        log_level=level,
+        log_config=None,  # logs.configure() above
+        log_level=None,  # levels set by logs.configure()
         access_log=level in _ACCESS_LOG_LEVELS,
         timeout_graceful_shutdown=5,
     )

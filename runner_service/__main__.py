@@ -18,18 +18,22 @@ def main() -> int:
 
     try:
         settings = settings_mod.from_env()
+        logs.configure(
+            settings.log_level,
+            settings.log_json,
+            secrets=[settings.admin_token, *logs.url_secrets(settings.database_url)],
+        )
     except ValueError as exc:
         print(f"runner: bad configuration: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_json)
     from runner_service.server import serve
 
     if settings.use_uvloop:
         try:
             import uvloop
         except ImportError:
-            uvloop = None
-        if uvloop is not None:
+            pass
+        else:
             uvloop.run(serve(settings))
             return 0
     asyncio.run(serve(settings))
