@@ -1,8 +1,9 @@
 """grpc.health.v1 wiring: overall, per-service, liveness and readiness statuses.
 
 `liveness` is SERVING while the process and its event loop answer. `readiness`
-(and "" and runner.v1.RunnerService) is SERVING while the database answers, the
-worker pool is alive and the server is not draining.
+(and "" and runner.v1.RunnerService) is SERVING while the database answers and
+takes writes (its circuit closed), the worker pool is alive and can take the runs
+that wait, and the server is not draining.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class Health:
             await asyncio.wait_for(self._store.ping(), timeout=2.0)
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             reasons.append(f"database unreachable: {exc.__class__.__name__}")
+        store_status = self._store.status()
+        if store_status.writes_failing:
+            reasons.append(f"database writes failing ({store_status.held_writes} held): {store_status.last_write_error}")
         ready = not reasons
         if ready != self._ready:
             if not ready:

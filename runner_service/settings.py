@@ -37,6 +37,15 @@ class Settings:
     db_pool_timeout_s: float = 5.0
     db_query_timeout_s: float = 10.0
     slow_query_concurrency: int = 5
+    # Reads beyond the connection pool wait in a bounded line; past it a read is
+    # refused with DB_POOL_EXHAUSTED (no unbounded queue in front of the database).
+    db_read_queue_max: int = 64
+    # The database circuit breaker: opens after this many consecutive failures,
+    # refuses calls (CIRCUIT_OPEN) for the reset timeout, then lets one probe through.
+    db_breaker_failure_threshold: int = 5
+    db_breaker_reset_timeout_s: float = 5.0
+    # Held writes are retried with exponential backoff up to this interval.
+    db_write_retry_max_s: float = 2.0
     # SQLite: a commit that leaves more WAL pages than this checkpoints in line (the
     # bound on the WAL); below it a background thread checkpoints.
     sqlite_wal_autocheckpoint_pages: int = 8000

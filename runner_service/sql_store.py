@@ -22,8 +22,17 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
 from runner_service import store
+from runner_service.breaker import CircuitBreaker, CircuitOpen
 from runner_service.runs import RunState
-from runner_service.store import Cursor, RunRecord, StoredEvent, StoreError
+from runner_service.store import (
+    CircuitOpenError,
+    Cursor,
+    PoolExhausted,
+    RunRecord,
+    StoredEvent,
+    StoreError,
+    StoreStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +126,7 @@ class _Op:
 
 
 _STOP = object()
+WRITE_RETRY_FIRST_S = 0.05
 CHECKPOINT_INTERVAL_S = 0.5
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
@@ -192,6 +202,13 @@ class SqlStore(store.Store):
         self._closed = False
         self._is_sqlite = settings.database_url.startswith("sqlite")
         self._commits = 0
+        self._held = 0  # writes held after a transient failure (written by the writer thread)
+        self._write_error = ""
+        self._reads_in_flight = 0
+        self._max_reads = max(1, settings.db_pool_size) + settings.db_read_queue_max
+        self._slow: asyncio.Semaphore | None = None
+        self._slow_waiting = 0
+        self.breaker = CircuitBreaker(settings.db_breaker_failure_threshold, settings.db_breaker_reset_timeout_s)
         self._checkpoint_stop = threading.Event()
         self._checkpoint_thread: threading.Thread | None = None
 
@@ -199,6 +216,7 @@ class SqlStore(store.Store):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._slow = asyncio.Semaphore(max(1, self._settings.slow_query_concurrency))
         self._engine = make_engine(self._settings.database_url, self._settings)
         await self._loop.run_in_executor(self._readers, self._migrate)
         self._writer = threading.Thread(target=self._writer_main, name="store-writer", daemon=True)
@@ -264,6 +282,11 @@ class SqlStore(store.Store):
     # ------------------------------------------------------------ writes
 
     async def submit(self, record: RunRecord, first_event: StoredEvent) -> tuple[RunRecord, bool]:
+        status = self.breaker.status()
+        if status.retry_after_s > 0:  # open: do not even queue it
+            raise CircuitOpenError(status.retry_after_s)
+        if self._held:  # writes are failing: this one would wait behind them
+            raise StoreError("database writes are failing; retry shortly")
         return await self._enqueue(_Op(record.run_id, None, (first_event,), record, self._new_future()))
 
     def write(self, run_id: str, changes: dict | None, events: Sequence[StoredEvent] = ()) -> asyncio.Future:
@@ -285,13 +308,24 @@ class SqlStore(store.Store):
         return await op.future
 
     def _writer_main(self) -> None:
+        """Commit whatever is queued, a batch per transaction. A batch that fails
+        for a transient reason is held (in order) and retried with backoff before
+        anything newer; submissions meanwhile fail at once, since their callers
+        wait for an answer and will retry."""
+        held: list[_Op] = []
+        backoff = WRITE_RETRY_FIRST_S
         stopping = False
         while not stopping:
-            op = self._queue.get()
+            try:
+                op = self._queue.get(timeout=backoff if held else None)
+            except queue.Empty:
+                op = None
+            batch: list[_Op] = []
             if op is _STOP:
-                break
-            batch = [op]
-            while len(batch) < _MAX_BATCH:
+                stopping = True
+            elif op is not None:
+                batch.append(op)
+            while not stopping and len(batch) < _MAX_BATCH:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
@@ -300,8 +334,22 @@ class SqlStore(store.Store):
                     stopping = True
                     break
                 batch.append(nxt)
-            self._commit(batch)
+            if held:
+                batch = held + batch
+            if not batch:
+                continue
+            held = self._commit(batch)
+            if held:
+                backoff = min(backoff * 2, self._settings.db_write_retry_max_s) if self._held else WRITE_RETRY_FIRST_S
+            else:
+                backoff = WRITE_RETRY_FIRST_S
+            self._held = len(held)
             self._commits += 1
+        if held:  # closing with writes the database never took: say so, fail them
+            log.error("store closed with writes it could not commit", extra={"writes": len(held)})
+            for op in held:
+                op.error = StoreError("the store closed before the database took this write")
+            self._resolve_soon(held)
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
@@ -332,23 +380,64 @@ class SqlStore(store.Store):
                 self._drop_writer_conn()
             raise
 
-    def _commit(self, batch: list[_Op]) -> None:
+    def _commit(self, batch: list[_Op]) -> list[_Op]:
+        """Commit a batch; resolve what is settled; return the writes to hold."""
         assert self._engine is not None
         try:
             self._transaction(batch)
-        except Exception:  # noqa: BLE001 - isolated below
-            # Isolate the failing operation: replay one by one.
+        except Exception as exc:  # noqa: BLE001 - sorted out below
+            if _is_transient(exc):
+                return self._hold(batch, exc)
+            # Something in the batch is refused for good: replay one by one so
+            # that only the bad write fails.
+            held: list[_Op] = []
             for op in batch:
+                if held:  # keep the order of everything after a held write
+                    held.append(op)
+                    continue
                 op.result = None
                 try:
                     self._transaction([op])
-                except Exception as exc:  # noqa: BLE001 - reported to the caller, not swallowed
-                    log.warning("store write failed", extra={"run_id": op.run_id, "error": repr(exc)})
-                    op.error = StoreError(f"database write failed: {exc.__class__.__name__}")
+                except Exception as one:  # noqa: BLE001 - reported to the caller, not swallowed
+                    if _is_transient(one):
+                        held.append(op)
+                        continue
+                    log.error("store write refused", extra={"run_id": op.run_id, "error": repr(one)})
+                    op.error = StoreError(f"database write refused: {one.__class__.__name__}")
+            if held:
+                return self._hold(batch, exc, settled=[op for op in batch if op not in held])
+        self.breaker.record_success()
+        if self._write_error:
+            log.warning("store writes succeed again", extra={"after": self._write_error})
+            self._write_error = ""
+        self._resolve_soon(batch)
+        return []
+
+    def _hold(self, batch: list[_Op], exc: BaseException, settled: list[_Op] | None = None) -> list[_Op]:
+        """A transient failure: submissions fail now, other writes are held."""
+        self.breaker.record_failure(exc)
+        text = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        if not self._write_error:
+            log.error("store writes failing; holding them and retrying", extra={"error": text})
+        self._write_error = text
+        held, refused = [], list(settled or [])
+        for op in batch:
+            if settled is not None and op in settled:
+                continue
+            if op.record is not None:
+                op.result = None
+                op.error = StoreError(f"database unavailable: {exc.__class__.__name__}")
+                refused.append(op)
+            else:
+                held.append(op)
+        self._resolve_soon(refused)
+        return held
+
+    def _resolve_soon(self, ops: list[_Op]) -> None:
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if ops and loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(_resolve, batch)
+                loop.call_soon_threadsafe(_resolve, ops)
             except RuntimeError:  # loop closed meanwhile
                 pass
 
@@ -403,13 +492,52 @@ class SqlStore(store.Store):
 
     # ------------------------------------------------------------ reads
 
-    async def _read(self, fn, *args):
+    async def _read(self, fn, *args, slow: bool = False):
+        """Run fn(conn, *args) on a reader thread. Bounded: past the pool and its
+        waiting line a read is refused (PoolExhausted); while the circuit is open
+        it is refused (CircuitOpenError); slow reads (lists, summaries) also share
+        settings.slow_query_concurrency slots."""
         if self._closed:
             raise StoreError("store is closed")
+        if self._reads_in_flight >= self._max_reads:
+            raise PoolExhausted("every database connection is busy; retry shortly")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._readers, self._in_reader, fn, args)
+            probe = self.breaker.before_call()
+        except CircuitOpen as exc:
+            raise CircuitOpenError(exc.retry_after_s) from None
+        self._reads_in_flight += 1
+        try:
+            if slow:
+                if self._slow_waiting >= self._settings.db_read_queue_max:
+                    raise PoolExhausted("too many slow reads are waiting; retry shortly")
+                self._slow_waiting += 1
+                try:
+                    await self._slow.acquire()
+                finally:
+                    self._slow_waiting -= 1
+                try:
+                    return await self._run_read(fn, args)
+                finally:
+                    self._slow.release()
+            return await self._run_read(fn, args)
+        except BaseException:
+            if probe:
+                self.breaker.release_probe()
+            raise
+        finally:
+            self._reads_in_flight -= 1
+
+    async def _run_read(self, fn, args):
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._readers, self._in_reader, fn, args)
+        except sa.exc.TimeoutError as exc:  # the pool's own wait ran out: load, not a broken database
+            raise PoolExhausted("every database connection is busy; retry shortly") from exc
         except sa.exc.SQLAlchemyError as exc:
+            if _is_transient(exc):
+                self.breaker.record_failure(exc)
             raise StoreError(f"database read failed: {exc.__class__.__name__}") from exc
+        self.breaker.record_success()
+        return result
 
     def _in_reader(self, fn, args):
         """Run fn(conn, *args) on this reader thread's own connection, in a
@@ -443,7 +571,7 @@ class SqlStore(store.Store):
         return _record(row) if row is not None else None
 
     async def list_runs(self, limit, after, state, kind) -> list[RunRecord]:
-        return await self._read(self._list_runs, limit, after, state, kind)
+        return await self._read(self._list_runs, limit, after, state, kind, slow=True)
 
     @staticmethod
     def _list_runs(conn: sa.Connection, limit: int, after: Cursor | None, state, kind) -> list[RunRecord]:
@@ -505,9 +633,31 @@ class SqlStore(store.Store):
     async def ping(self) -> None:
         await self._read(self._ping)
 
+    def status(self) -> StoreStatus:
+        pool = self._engine.pool.status() if self._engine is not None else "not started"
+        return StoreStatus(
+            writes_failing=self._held > 0,
+            held_writes=self._held,
+            last_write_error=self._write_error,
+            reads_in_flight=self._reads_in_flight,
+            slow_reads_waiting=self._slow_waiting,
+            pool=pool,
+        )
+
     @staticmethod
     def _ping(conn: sa.Connection) -> None:
         conn.execute(sa.text("SELECT 1"))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A failure that may pass by itself: the database unreachable or restarting,
+    the disk full, a lock held too long. Anything else (a constraint, bad data)
+    would fail again."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError, sa.exc.DisconnectionError, OSError)
+    )
 
 
 def _resolve(batch: list[_Op]) -> None:

@@ -63,6 +63,38 @@ class Cursor:
 class StoreError(Exception):
     """A database failure the caller may retry."""
 
+    reason = "DB_UNAVAILABLE"
+    retry_after_s = 0.5
+
+
+class CircuitOpenError(StoreError):
+    """The database circuit breaker is open: the call was not attempted."""
+
+    reason = "CIRCUIT_OPEN"
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"the database is failing; calls are refused for {retry_after_s:.1f} s")
+        self.retry_after_s = max(0.1, retry_after_s)
+
+
+class PoolExhausted(StoreError):
+    """Every database connection (or read slot) is busy and the wait is full."""
+
+    reason = "DB_POOL_EXHAUSTED"
+    retry_after_s = 1.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """What the store can say about itself, for readiness and diagnostics."""
+
+    writes_failing: bool  # writes are held and retried
+    held_writes: int
+    last_write_error: str
+    reads_in_flight: int
+    slow_reads_waiting: int
+    pool: str  # the connection pool's own summary
+
 
 class Store(abc.ABC):
     """Persistence of runs and their events. All methods are safe to call from the
@@ -84,7 +116,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def write(self, run_id: str, changes: dict | None, events: Sequence[StoredEvent] = ()) -> asyncio.Future:
         """Queue an update of a run's columns and new events, applied in call
-        order. Returns a future resolved once committed (awaiting it is optional)."""
+        order. Returns a future resolved once committed (awaiting it is optional).
+        A write that fails for a transient reason (database unreachable, disk
+        full) is held and retried with backoff, in order, while the process
+        lives; the future fails only when the database refuses the write for
+        good or the store closes first."""
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> RunRecord | None: ...
@@ -114,3 +150,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise StoreError when the database cannot be reached."""
+
+    @abc.abstractmethod
+    def status(self) -> StoreStatus:
+        """A snapshot of the store's health; cheap, never blocks."""
