@@ -57,9 +57,9 @@ class Health:
             await asyncio.wait_for(self._store.ping(), timeout=2.0)
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             reasons.append(f"database unreachable: {exc.__class__.__name__}")
-        store_status = self._store.status()
-        if store_status.writes_failing:
-            reasons.append(f"database writes failing ({store_status.held_writes} held): {store_status.last_write_error}")
+        writes = self._store.status()
+        if writes.writes_failing:
+            reasons.append(f"database writes failing ({writes.held_writes} held): {writes.last_write_error}")
         ready = not reasons
         if ready != self._ready:
             if not ready:
