@@ -241,7 +241,7 @@ class SqlStore(store.Store):
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
                 conn.commit()  # hold no transaction between rounds
             except Exception as exc:  # noqa: BLE001 - the next round tries again, on a new connection
-                log.warning("WAL checkpoint failed", extra={"error": repr(exc)})
+                log.warning("WAL checkpoint failed", extra={"error": describe(exc)})
                 if conn is not None:
                     conn.invalidate()
                     conn.close()
@@ -402,7 +402,7 @@ class SqlStore(store.Store):
                     if _is_transient(one):
                         held.append(op)
                         continue
-                    log.error("store write refused", extra={"run_id": op.run_id, "error": repr(one)})
+                    log.error("store write refused", extra={"run_id": op.run_id, "error": describe(one)})
                     op.error = StoreError(f"database write refused: {one.__class__.__name__}")
             if held:
                 return self._hold(batch, exc, settled=[op for op in batch if op not in held])
@@ -415,8 +415,8 @@ class SqlStore(store.Store):
 
     def _hold(self, batch: list[_Op], exc: BaseException, settled: list[_Op] | None = None) -> list[_Op]:
         """A transient failure: submissions fail now, other writes are held."""
-        self.breaker.record_failure(exc)
-        text = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        text = describe(exc)
+        self.breaker.record_failure(text)
         if not self._write_error:
             log.error("store writes failing; holding them and retrying", extra={"error": text})
         self._write_error = text
@@ -534,7 +534,7 @@ class SqlStore(store.Store):
             raise PoolExhausted("every database connection is busy; retry shortly") from exc
         except sa.exc.SQLAlchemyError as exc:
             if _is_transient(exc):
-                self.breaker.record_failure(exc)
+                self.breaker.record_failure(describe(exc))
             raise StoreError(f"database read failed: {exc.__class__.__name__}") from exc
         self.breaker.record_success()
         return result
@@ -647,6 +647,14 @@ class SqlStore(store.Store):
     @staticmethod
     def _ping(conn: sa.Connection) -> None:
         conn.execute(sa.text("SELECT 1"))
+
+
+def describe(exc: BaseException) -> str:
+    """A database error in one short line for logs and diagnostics: the driver's
+    own first line, without the statement or its parameters (which hold user data)."""
+    origin = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    lines = str(origin).strip().splitlines()
+    return f"{type(origin).__name__}: {lines[0] if lines else ''}"[:200]
 
 
 def _is_transient(exc: BaseException) -> bool:
