@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+from collections.abc import Sequence
 
 from protos.runner.v1 import runner_pb2 as pb
 
@@ -151,7 +152,7 @@ class RunChannel:
         run_id: str,
         last_seq: int,
         max_pending: int,
-        history: list[pb.RunEvent] = (),
+        history: Sequence[pb.RunEvent] = (),
         progress_interval: float = 0.0,
     ) -> None:
         self.run_id = run_id
@@ -241,7 +242,7 @@ class Hub:
         self._max_pending = max_pending
         self._progress_interval = progress_interval
 
-    def open(self, run_id: str, last_seq: int, history: list[pb.RunEvent] = ()) -> RunChannel:
+    def open(self, run_id: str, last_seq: int, history: Sequence[pb.RunEvent] = ()) -> RunChannel:
         channel = RunChannel(run_id, last_seq, self._max_pending, history, self._progress_interval)
         self._channels[run_id] = channel
         return channel

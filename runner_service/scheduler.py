@@ -142,6 +142,11 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "the scheduler is not started"
+        return self._loop
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -152,9 +157,9 @@ class Scheduler:
         for record in queued:
             self._adopt(record)
         await self.pool.start()
-        self._flusher = self._loop.create_task(self._flush_progress_forever(), name="progress-flusher")
+        self._flusher = self.loop.create_task(self._flush_progress_forever(), name="progress-flusher")
         self._flusher.add_done_callback(self._supervise)
-        self._liveness = self._loop.create_task(self._check_liveness_forever(), name="liveness-check")
+        self._liveness = self.loop.create_task(self._check_liveness_forever(), name="liveness-check")
         self._liveness.add_done_callback(self._supervise)
         self._dispatch()
 
@@ -242,7 +247,7 @@ class Scheduler:
         self._reserved += 1
         # The commit and the enqueueing that follows it must happen even if the
         # caller goes away meanwhile: they run in their own task.
-        task = self._loop.create_task(self._store_and_enqueue(record, request.spec, first))
+        task = self.loop.create_task(self._store_and_enqueue(record, request.spec, first))
         task.add_done_callback(_retrieve)  # a caller that left cannot see the failure
         return await asyncio.shield(task)
 
@@ -263,14 +268,14 @@ class Scheduler:
         if spec is None:
             spec = pb.RunSpec.FromString(record.spec)
         channel = self._hub.open(record.run_id, record.last_seq, [first] if first is not None else [])
-        live = LiveRun(record, spec, channel, self._loop.create_future())
+        live = LiveRun(record, spec, channel, self.loop.create_future())
         self._live[record.run_id] = live
         if record.request_id:
             self._by_request_id[record.request_id] = live
         if record.timeout_ms is not None:
             due_us = record.create_us + record.timeout_ms * 1000
             delay = max(0.0, (due_us - now_us()) / 1e6)
-            live.deadline_handle = self._loop.call_later(delay, self._on_deadline, live)
+            live.deadline_handle = self.loop.call_later(delay, self._on_deadline, live)
         self._queue.append(live)
         return live
 
@@ -324,7 +329,7 @@ class Scheduler:
         live.token = token
         live.worker = worker
         live.started = False
-        live.last_beat = self._loop.time()
+        live.last_beat = self.loop.time()
         self._by_token[token] = live
         now = now_us()
         previous = record.state
@@ -340,7 +345,7 @@ class Scheduler:
         live.unwritten_changes.update(changes)
         self._dirty.add(live)
         if self._state_flush is None:
-            self._state_flush = self._loop.call_later(STATE_FLUSH_S, self._flush_dirty)
+            self._state_flush = self.loop.call_later(STATE_FLUSH_S, self._flush_dirty)
         live.channel.publish(event)
 
     def _handover_failed(self, live: LiveRun, why: str) -> None:
@@ -416,7 +421,7 @@ class Scheduler:
         if live is None or live.finishing:
             return  # a late message of a run already ended
         record = live.record
-        live.last_beat = self._loop.time()
+        live.last_beat = self.loop.time()
         if isinstance(msg, ipc.Heartbeat):
             return
         if isinstance(msg, ipc.Progress):
@@ -522,7 +527,7 @@ class Scheduler:
         self.pool.cancel(live.worker, live.token)
         if live.kill_handle is None:
             delay = self._settings.cancel_grace_s if grace_s is None else grace_s
-            live.kill_handle = self._loop.call_later(delay, self._kill, live)
+            live.kill_handle = self.loop.call_later(delay, self._kill, live)
 
     def _kill(self, live: LiveRun) -> None:
         live.kill_handle = None
@@ -535,7 +540,7 @@ class Scheduler:
         timeout = self._settings.heartbeat_timeout_s
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
-            now = self._loop.time()
+            now = self.loop.time()
             for live in list(self._live.values()):
                 worker = live.worker
                 if worker is None or live.finishing or now - live.last_beat <= timeout:
@@ -607,7 +612,7 @@ class Scheduler:
         changes.update(final)
         events.extend(convert.event_to_stored(ev) for ev in to_publish)
         fut = self._store.write(record.run_id, changes, events)
-        task = self._loop.create_task(self._publish_final(live, final, to_publish, fut), name=f"finish-{record.run_id}")
+        task = self.loop.create_task(self._publish_final(live, final, to_publish, fut), name=f"finish-{record.run_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         worker, live.worker = live.worker, None
@@ -704,14 +709,14 @@ class Scheduler:
             sub.last_seq = last
             while True:
                 try:
-                    event = await sub.next()
+                    following = await sub.next()
                 except OverflowError:
                     raise errors.WatcherTooSlow(sub.last_seq) from None
                 except ConnectionAbortedError:
                     raise errors.Draining() from None
-                if event is None:
+                if following is None:
                     return
-                yield event
+                yield following
         finally:
             channel.unsubscribe(sub)
 

@@ -57,13 +57,12 @@ class RunnerApp:
             self.server,
         )
         self.port: int | None = None
-        self._stopped: asyncio.Event | None = None
+        self._stopped = asyncio.Event()
         self._stopping = False
 
     async def start(self) -> int:
         """Open the store (migrations), recover, start workers, then listen.
         Returns the bound port."""
-        self._stopped = asyncio.Event()
         log.info("starting runner", extra={"database": redact_url(self.settings.database_url)})
         await self.store.start()
         await self.scheduler.start()

@@ -212,6 +212,11 @@ class SqlStore(store.Store):
         self._checkpoint_stop = threading.Event()
         self._checkpoint_thread: threading.Thread | None = None
 
+    @property
+    def engine(self) -> sa.Engine:
+        assert self._engine is not None, "store not started"
+        return self._engine
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -358,7 +363,7 @@ class SqlStore(store.Store):
         # The writer keeps one connection: a checkout and reset per commit would
         # cost as much as the commit itself.
         if self._wconn is None or self._wconn.invalidated or self._wconn.closed:
-            self._wconn = self._engine.connect()
+            self._wconn = self.engine.connect()
         return self._wconn
 
     def _drop_writer_conn(self) -> None:
@@ -465,8 +470,8 @@ class SqlStore(store.Store):
             params = {"b_" + key: value for key, value in values.items()}
             params["b_run_id"] = run_id
             by_columns.setdefault(tuple(sorted(values)), []).append(params)
-        for columns, params in by_columns.items():
-            conn.execute(_update_statement(columns), params)
+        for columns, rows in by_columns.items():
+            conn.execute(_update_statement(columns), rows)
 
     def _apply_submits(self, conn: sa.Connection, submits: list[_Op]) -> None:
         keys = [op.record.request_id for op in submits if op.record.request_id]
@@ -474,7 +479,8 @@ class SqlStore(store.Store):
         if keys:
             for row in conn.execute(sa.select(runs).where(runs.c.request_id.in_(keys))):
                 known[row.request_id] = _record(row)
-        new_rows, new_events = [], []
+        new_rows: list[dict] = []
+        new_events: list[dict] = []
         for op in submits:
             rid = op.record.request_id
             if rid and rid in known:
@@ -511,14 +517,16 @@ class SqlStore(store.Store):
                 if self._slow_waiting >= self._settings.db_read_queue_max:
                     raise PoolExhausted("too many slow reads are waiting; retry shortly")
                 self._slow_waiting += 1
+                slow_slots = self._slow
+                assert slow_slots is not None, "store not started"
                 try:
-                    await self._slow.acquire()
+                    await slow_slots.acquire()
                 finally:
                     self._slow_waiting -= 1
                 try:
                     return await self._run_read(fn, args)
                 finally:
-                    self._slow.release()
+                    slow_slots.release()
             return await self._run_read(fn, args)
         except BaseException:
             if probe:
@@ -544,7 +552,7 @@ class SqlStore(store.Store):
         transaction that ends with the call (no snapshot outlives a read)."""
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.invalidated or conn.closed:
-            conn = self._local.conn = self._engine.connect()
+            conn = self._local.conn = self.engine.connect()
             self._reader_conns.append(conn)
         try:
             with conn.begin():

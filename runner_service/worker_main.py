@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 import traceback
+from typing import Any
 
 from google.protobuf import struct_pb2
 
@@ -75,7 +76,8 @@ def result_bytes(result: object) -> bytes:
     as {"value": ...}. Raises ValueError/TypeError when it is not JSON-able."""
     struct = struct_pb2.Struct()
     if result is not None:
-        struct.update(result if isinstance(result, dict) else {"value": result})
+        mapping: dict[str, Any] = result if isinstance(result, dict) else {"value": result}
+        struct.update(mapping)
     return struct.SerializeToString()
 
 

@@ -124,7 +124,7 @@ class Catalog:
                 return self._merged
             try:
                 # Stat before listing: a change during the scan shows as a newer mtime next time.
-                key = os.stat(self.directory).st_mtime_ns
+                key: object = os.stat(self.directory).st_mtime_ns
             except OSError as exc:
                 key = ("missing", type(exc).__name__)
                 if key != self._dir_key:
@@ -168,6 +168,7 @@ class Catalog:
             raise ScenarioNotFound(f"scenario {name!r} not found")
         if entry.error:
             raise ScenarioUnavailable(f"scenario {name!r} cannot be used: {entry.error}")
+        assert entry.scenario is not None  # an entry without an error has its scenario
         return copy.deepcopy(entry.scenario)
 
 

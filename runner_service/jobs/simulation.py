@@ -72,8 +72,10 @@ class Tally:
         self.wins = {side: 0 for side, _ in self.summary}
         self.draws = 0
         self.ticks: list[int] = []
-        self.survivors = {side: {unit: [] for unit, _ in units} for side, units in self.summary}
-        self.totals = {side: [] for side, _ in self.summary}
+        self.survivors: dict[str, dict[str, list[int]]] = {
+            side: {unit: [] for unit, _ in units} for side, units in self.summary
+        }
+        self.totals: dict[str, list[int]] = {side: [] for side, _ in self.summary}
         self.failed: list[dict] = []
         self.failed_count = 0
 
