@@ -12,6 +12,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+from protos.runner.v1 import runner_pb2 as pb
 from runner_service import breaker, watchdog
 from runner_service.store import StoreStatus
 
@@ -103,3 +104,60 @@ class Diagnostics:
         snap = Snapshot(circuit, store, churn, load, action, reasons, time.time())
         self._cached = (now, snap)
         return snap
+
+
+_CIRCUIT_STATES = {
+    breaker.CLOSED: pb.CIRCUIT_CLOSED,
+    breaker.OPEN: pb.CIRCUIT_OPEN,
+    breaker.HALF_OPEN: pb.CIRCUIT_HALF_OPEN,
+}
+POLICY_STATES = {
+    watchdog.ALLOWED: pb.ALLOWED,
+    watchdog.COOLING_DOWN: pb.COOLING_DOWN,
+    watchdog.BLOCKED: pb.BLOCKED,
+}
+
+
+def _duration(target, seconds: float) -> None:
+    target.FromNanoseconds(int(seconds * 1e9))
+
+
+def fill_watchdog(target: pb.WatchdogStatus, dog: watchdog.Watchdog, policy: watchdog.Policy) -> None:
+    target.policy_state = POLICY_STATES[policy.state]
+    target.restarts_in_window = policy.restarts_in_window
+    _duration(target.window, dog.window_s)
+    _duration(target.cooldown_remaining, policy.cooldown_remaining_s)
+    target.cooldown_threshold = dog.cooldown_threshold
+    target.block_threshold = dog.block_threshold
+    target.recommended_action = policy.recommended_action
+
+
+def to_proto(snap: Snapshot, settings, dog: watchdog.Watchdog) -> pb.Resilience:
+    """The snapshot as the runner.v1.Resilience message, with the thresholds in force."""
+    out = pb.Resilience(recommendation=snap.recommendation, reasons=list(snap.reasons))
+    circuit = out.circuit
+    circuit.state = _CIRCUIT_STATES[snap.circuit.state]
+    circuit.consecutive_failures = snap.circuit.consecutive_failures
+    circuit.failure_threshold = snap.circuit.failure_threshold
+    _duration(circuit.reset_timeout, snap.circuit.reset_timeout_s)
+    _duration(circuit.retry_after, snap.circuit.retry_after_s)
+    circuit.opened_total = snap.circuit.opened_total
+    circuit.last_error = snap.circuit.last_error
+    database = out.database
+    database.writes_failing = snap.store.writes_failing
+    database.held_writes = snap.store.held_writes
+    database.last_write_error = snap.store.last_write_error
+    database.reads_in_flight = snap.store.reads_in_flight
+    database.slow_reads_waiting = snap.store.slow_reads_waiting
+    database.pool = snap.store.pool
+    database.pool_size = settings.db_pool_size
+    database.pool_max_overflow = settings.db_max_overflow
+    database.read_queue_max = settings.db_read_queue_max
+    database.slow_query_concurrency = settings.slow_query_concurrency
+    _duration(database.query_timeout, settings.db_query_timeout_s)
+    fill_watchdog(out.watchdog, dog, snap.churn)
+    load = snap.load
+    out.queued, out.running, out.max_queued = load.queued, load.running, load.max_queued
+    out.workers_alive, out.workers_size, out.draining = load.workers_alive, load.workers_size, load.draining
+    out.observe_time.FromNanoseconds(int(snap.observed_at * 1e9))
+    return out

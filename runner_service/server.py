@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from protos.runner.v1 import runner_pb2, runner_pb2_grpc
 from runner_service import servicer as servicer_mod
 from runner_service.audit import AuditLog
+from runner_service.diagnostics import Diagnostics, Load
 from runner_service.health import Health
 from runner_service.jobs.catalog import Catalog
 from runner_service.progress import Hub
@@ -21,6 +22,9 @@ from runner_service.settings import Settings, redact_url
 from runner_service.sql_store import SqlStore
 
 log = logging.getLogger(__name__)
+
+# Deep diagnostics are memoized this long (not in the testing profile).
+DIAGNOSTICS_TTL_S = 5.0
 
 
 class RunnerApp:
@@ -32,6 +36,13 @@ class RunnerApp:
         self.hub = Hub(settings.watcher_queue_size, settings.watch_progress_interval_s)
         self.scheduler = Scheduler(settings, self.store, self.hub, job_targets)
         self.health = Health(self.store, self.scheduler)
+        self.diagnostics = Diagnostics(
+            self.store.breaker.status,
+            self.store.status,
+            self.scheduler.pool.watchdog.policy,
+            self._load,
+            ttl_s=0.0 if settings.profile == "testing" else DIAGNOSTICS_TTL_S,
+        )
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -59,6 +70,17 @@ class RunnerApp:
         self.port: int | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+
+    def _load(self) -> Load:
+        scheduler = self.scheduler
+        return Load(
+            queued=scheduler.queued,
+            running=scheduler.running,
+            max_queued=self.settings.max_queued,
+            workers_alive=len(scheduler.pool.alive_workers()),
+            workers_size=scheduler.pool.size,
+            draining=scheduler.draining,
+        )
 
     async def start(self) -> int:
         """Open the store (migrations), recover, start workers, then listen.

@@ -39,6 +39,13 @@ class PolicyState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALLOWED: _ClassVar[PolicyState]
     COOLING_DOWN: _ClassVar[PolicyState]
     BLOCKED: _ClassVar[PolicyState]
+
+class CircuitState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CIRCUIT_STATE_UNSPECIFIED: _ClassVar[CircuitState]
+    CIRCUIT_CLOSED: _ClassVar[CircuitState]
+    CIRCUIT_OPEN: _ClassVar[CircuitState]
+    CIRCUIT_HALF_OPEN: _ClassVar[CircuitState]
 RUN_STATE_UNSPECIFIED: RunState
 QUEUED: RunState
 RUNNING: RunState
@@ -55,6 +62,10 @@ POLICY_STATE_UNSPECIFIED: PolicyState
 ALLOWED: PolicyState
 COOLING_DOWN: PolicyState
 BLOCKED: PolicyState
+CIRCUIT_STATE_UNSPECIFIED: CircuitState
+CIRCUIT_CLOSED: CircuitState
+CIRCUIT_OPEN: CircuitState
+CIRCUIT_HALF_OPEN: CircuitState
 
 class SimulationSpec(_message.Message):
     __slots__ = ("scenario", "max_ticks", "seed", "config_overrides")
@@ -403,16 +414,94 @@ class WatchdogStatus(_message.Message):
     def __init__(self, policy_state: _Optional[_Union[PolicyState, str]] = ..., restarts_in_window: _Optional[int] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cooldown_remaining: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cooldown_threshold: _Optional[int] = ..., block_threshold: _Optional[int] = ..., recommended_action: _Optional[str] = ...) -> None: ...
 
 class AdminStatus(_message.Message):
-    __slots__ = ("workers", "watchdog", "queued", "running")
+    __slots__ = ("workers", "watchdog", "queued", "running", "resilience")
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     WATCHDOG_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RESILIENCE_FIELD_NUMBER: _ClassVar[int]
     workers: WorkerPoolStatus
     watchdog: WatchdogStatus
     queued: int
     running: int
-    def __init__(self, workers: _Optional[_Union[WorkerPoolStatus, _Mapping]] = ..., watchdog: _Optional[_Union[WatchdogStatus, _Mapping]] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
+    resilience: Resilience
+    def __init__(self, workers: _Optional[_Union[WorkerPoolStatus, _Mapping]] = ..., watchdog: _Optional[_Union[WatchdogStatus, _Mapping]] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., resilience: _Optional[_Union[Resilience, _Mapping]] = ...) -> None: ...
+
+class GetResilienceRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CircuitStatus(_message.Message):
+    __slots__ = ("state", "consecutive_failures", "failure_threshold", "reset_timeout", "retry_after", "opened_total", "last_error")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    RESET_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
+    OPENED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    state: CircuitState
+    consecutive_failures: int
+    failure_threshold: int
+    reset_timeout: _duration_pb2.Duration
+    retry_after: _duration_pb2.Duration
+    opened_total: int
+    last_error: str
+    def __init__(self, state: _Optional[_Union[CircuitState, str]] = ..., consecutive_failures: _Optional[int] = ..., failure_threshold: _Optional[int] = ..., reset_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., opened_total: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class DatabaseStatus(_message.Message):
+    __slots__ = ("writes_failing", "held_writes", "last_write_error", "reads_in_flight", "slow_reads_waiting", "pool", "pool_size", "pool_max_overflow", "read_queue_max", "slow_query_concurrency", "query_timeout")
+    WRITES_FAILING_FIELD_NUMBER: _ClassVar[int]
+    HELD_WRITES_FIELD_NUMBER: _ClassVar[int]
+    LAST_WRITE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    READS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    SLOW_READS_WAITING_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    POOL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    POOL_MAX_OVERFLOW_FIELD_NUMBER: _ClassVar[int]
+    READ_QUEUE_MAX_FIELD_NUMBER: _ClassVar[int]
+    SLOW_QUERY_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    writes_failing: bool
+    held_writes: int
+    last_write_error: str
+    reads_in_flight: int
+    slow_reads_waiting: int
+    pool: str
+    pool_size: int
+    pool_max_overflow: int
+    read_queue_max: int
+    slow_query_concurrency: int
+    query_timeout: _duration_pb2.Duration
+    def __init__(self, writes_failing: _Optional[bool] = ..., held_writes: _Optional[int] = ..., last_write_error: _Optional[str] = ..., reads_in_flight: _Optional[int] = ..., slow_reads_waiting: _Optional[int] = ..., pool: _Optional[str] = ..., pool_size: _Optional[int] = ..., pool_max_overflow: _Optional[int] = ..., read_queue_max: _Optional[int] = ..., slow_query_concurrency: _Optional[int] = ..., query_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class Resilience(_message.Message):
+    __slots__ = ("recommendation", "reasons", "circuit", "database", "watchdog", "queued", "running", "max_queued", "workers_alive", "workers_size", "draining", "observe_time")
+    RECOMMENDATION_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    CIRCUIT_FIELD_NUMBER: _ClassVar[int]
+    DATABASE_FIELD_NUMBER: _ClassVar[int]
+    WATCHDOG_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    OBSERVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    recommendation: str
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    circuit: CircuitStatus
+    database: DatabaseStatus
+    watchdog: WatchdogStatus
+    queued: int
+    running: int
+    max_queued: int
+    workers_alive: int
+    workers_size: int
+    draining: bool
+    observe_time: _timestamp_pb2.Timestamp
+    def __init__(self, recommendation: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., circuit: _Optional[_Union[CircuitStatus, _Mapping]] = ..., database: _Optional[_Union[DatabaseStatus, _Mapping]] = ..., watchdog: _Optional[_Union[WatchdogStatus, _Mapping]] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., max_queued: _Optional[int] = ..., workers_alive: _Optional[int] = ..., workers_size: _Optional[int] = ..., draining: _Optional[bool] = ..., observe_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RestartWorkersRequest(_message.Message):
     __slots__ = ("acknowledge_override", "reason")

@@ -74,6 +74,11 @@ class RunnerServiceStub:
                 request_serializer=protos_dot_runner_dot_v1_dot_runner__pb2.GetSummaryRequest.SerializeToString,
                 response_deserializer=protos_dot_runner_dot_v1_dot_runner__pb2.Summary.FromString,
                 _registered_method=True)
+        self.GetResilience = channel.unary_unary(
+                '/runner.v1.RunnerService/GetResilience',
+                request_serializer=protos_dot_runner_dot_v1_dot_runner__pb2.GetResilienceRequest.SerializeToString,
+                response_deserializer=protos_dot_runner_dot_v1_dot_runner__pb2.Resilience.FromString,
+                _registered_method=True)
 
 
 class RunnerServiceServicer:
@@ -135,6 +140,15 @@ class RunnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetResilience(self, request, context):
+        """The resilience picture for probes and dashboards: database circuit, store,
+        worker churn, load, thresholds and a recommended action. No secrets; memoized
+        for a few seconds. The gateway serves it as /health/deep.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +191,11 @@ def add_RunnerServiceServicer_to_server(servicer, server):
                     servicer.GetSummary,
                     request_deserializer=protos_dot_runner_dot_v1_dot_runner__pb2.GetSummaryRequest.FromString,
                     response_serializer=protos_dot_runner_dot_v1_dot_runner__pb2.Summary.SerializeToString,
+            ),
+            'GetResilience': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResilience,
+                    request_deserializer=protos_dot_runner_dot_v1_dot_runner__pb2.GetResilienceRequest.FromString,
+                    response_serializer=protos_dot_runner_dot_v1_dot_runner__pb2.Resilience.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +414,33 @@ class RunnerService:
             '/runner.v1.RunnerService/GetSummary',
             protos_dot_runner_dot_v1_dot_runner__pb2.GetSummaryRequest.SerializeToString,
             protos_dot_runner_dot_v1_dot_runner__pb2.Summary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResilience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runner.v1.RunnerService/GetResilience',
+            protos_dot_runner_dot_v1_dot_runner__pb2.GetResilienceRequest.SerializeToString,
+            protos_dot_runner_dot_v1_dot_runner__pb2.Resilience.FromString,
             options,
             channel_credentials,
             insecure,
