@@ -189,3 +189,32 @@ def decode_page_token(token: str) -> Cursor:
         ):
             return Cursor(create_us, run_id)
     raise ValueError("page_token is not a token returned by ListRuns")
+
+
+# ------------------------------------------------------------ idempotent submission
+
+
+def canonical_spec(spec: pb.RunSpec) -> bytes:
+    """The spec as it is stored and compared: unknown fields dropped (at every
+    level), deterministic serialization (map entries, Struct keys included, in
+    key order)."""
+    copy = pb.RunSpec()
+    copy.CopyFrom(spec)
+    copy.DiscardUnknownFields()
+    return copy.SerializeToString(deterministic=True)
+
+
+def timeout_ms_of(request: pb.SubmitRunRequest) -> int | None:
+    """The run's own timeout as it is stored."""
+    return request.timeout.ToMilliseconds() if request.HasField("timeout") else None
+
+
+def same_submission(record: RunRecord, request: pb.SubmitRunRequest) -> bool:
+    """Whether a stored run is what `request` would create: the same spec (compared
+    canonically, so the order of map entries and dropped unknown fields do not
+    matter), the same labels and the same timeout."""
+    return (
+        dict(record.labels) == dict(request.labels)
+        and record.timeout_ms == timeout_ms_of(request)
+        and canonical_spec(pb.RunSpec.FromString(record.spec)) == canonical_spec(request.spec)
+    )

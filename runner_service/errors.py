@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -51,8 +53,49 @@ class InvalidArgument(RunnerError):
         return [error_details_pb2.BadRequest(field_violations=self.violations)]
 
 
+class MalformedRequest(RunnerError):
+    """The request bytes are not a valid message of the method's request type
+    (corrupt wire format, invalid UTF-8 in a string field, nesting too deep)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, type_name: str, cause: str = "") -> None:
+        message = f"request is not a valid {type_name} message"
+        super().__init__(f"{message} ({cause})" if cause else message)
+        self.type_name = type_name
+
+
 class NotFound(RunnerError):
     code = grpc.StatusCode.NOT_FOUND
+
+
+class RequestIdReused(RunnerError):
+    """A request_id (idempotency key) already names a run submitted with another
+    request. Retrying cannot succeed: the client must pick a new key."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "REQUEST_ID_REUSED"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"request_id {request_id!r} was already used with another request "
+            "(a different spec, labels or timeout); use a new request_id for a new run"
+        )
+        self.request_id = request_id
+
+    def metadata(self) -> dict[str, str]:
+        return {"request_id": self.request_id}
+
+
+class Internal(RunnerError):
+    """An unexpected failure. The client sees only a reference; the log holds the
+    traceback under the same reference."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, reference: str) -> None:
+        super().__init__(f"internal error (reference {reference})")
+        self.reference = reference
 
 
 class QueueFull(RunnerError):
@@ -78,11 +121,28 @@ class Draining(RunnerError):
 
 
 class StoreUnavailable(RunnerError):
-    """A transient database failure."""
+    """A database failure a retry may get past: DB_UNAVAILABLE (transient),
+    DB_POOL_EXHAUSTED (every connection busy) or CIRCUIT_OPEN (calls refused
+    until the breaker half-opens; the retry hint is the time until then)."""
 
     code = grpc.StatusCode.UNAVAILABLE
-    reason = "DB_UNAVAILABLE"
-    retry_after_s = 0.5
+    reason: str | None = "DB_UNAVAILABLE"
+    retry_after_s: float | None = 0.5
+
+    _MESSAGES: ClassVar[dict[str, str]] = {
+        "DB_UNAVAILABLE": "the database is unavailable; retry later",
+        "DB_POOL_EXHAUSTED": "every database connection is busy; retry shortly",
+        "CIRCUIT_OPEN": "the database is failing and calls are refused for now; retry after the hinted delay",
+    }
+
+    @classmethod
+    def from_store(cls, exc: Exception) -> StoreUnavailable:
+        """The client's view of a store error: its reason and retry hint, no driver text."""
+        reason = getattr(exc, "reason", "DB_UNAVAILABLE")
+        error = cls(cls._MESSAGES.get(reason, cls._MESSAGES["DB_UNAVAILABLE"]))
+        error.reason = reason if reason in cls._MESSAGES else "DB_UNAVAILABLE"
+        error.retry_after_s = float(getattr(exc, "retry_after_s", 0.5) or 0.5)
+        return error
 
 
 class DeadlineExceeded(RunnerError):
