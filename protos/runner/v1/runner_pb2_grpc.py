@@ -86,6 +86,8 @@ class RunnerServiceServicer:
 
     def SubmitRun(self, request, context):
         """Accepts a run and returns it once it is durably stored (state QUEUED).
+        Unknown fields are dropped first; a spec larger than the runner's bound
+        (1 MiB by default) is INVALID_ARGUMENT and nothing is stored.
         Idempotent by request_id: a retried submit returns the same run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -107,7 +109,8 @@ class RunnerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRuns(self, request, context):
-        """Newest first, keyset-paginated.
+        """Newest first, keyset-paginated. A page may end before page_size runs when
+        it reaches the runner's byte bound; next_page_token is set whenever more follow.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
