@@ -19,6 +19,17 @@ class Settings:
     health_timeout_s: float = 1.0
     #: Largest request body accepted (413 beyond).
     max_body_bytes: int = 1024 * 1024
+    #: Largest request head (request line and headers) accepted (431 beyond).
+    max_header_bytes: int = 64 * 1024
+    #: Most request headers accepted (431 beyond).
+    max_header_count: int = 100
+    #: Time a request head may take to arrive, from the connection's start or from the head's
+    #: first byte (408 beyond).
+    head_timeout_s: float = 10.0
+    #: Time a request body may take to arrive, from the end of its head (408 beyond).
+    body_timeout_s: float = 30.0
+    #: Most connections open at once; one more is answered 503 and closed.
+    max_connections: int = 1000
     #: SSE keep-alive comment interval while a stream is idle.
     keepalive_s: float = 15.0
     #: How long a stream waits for its first upstream event before sending HTTP headers: an
@@ -66,8 +77,19 @@ def _check(settings: Settings) -> None:
     if ":" not in settings.listen:
         raise ValueError(f"listen must be host:port, not {settings.listen!r}")
     settings.port  # noqa: B018 - raises ValueError when the port is not a number
-    for name in ("unary_timeout_s", "health_timeout_s", "keepalive_s", "stream_open_wait_s", "reconnect_backoff_max_s"):
+    positive = (
+        "unary_timeout_s",
+        "health_timeout_s",
+        "keepalive_s",
+        "stream_open_wait_s",
+        "reconnect_backoff_max_s",
+        "head_timeout_s",
+        "body_timeout_s",
+        "max_body_bytes",
+        "max_header_bytes",
+        "max_header_count",
+        "max_connections",
+    )
+    for name in positive:
         if getattr(settings, name) <= 0:
             raise ValueError(f"{name} must be positive")
-    if settings.max_body_bytes < 1:
-        raise ValueError("max_body_bytes must be positive")

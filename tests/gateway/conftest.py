@@ -11,6 +11,7 @@ import httpx
 import pytest
 import uvicorn
 
+from gateway import server as gateway_server
 from gateway import settings as gateway_settings
 from gateway.app import create_app
 
@@ -37,10 +38,10 @@ def start_gateway():
         # lifespan has opened the channel and uvicorn accepts, so no start-up polling.
         sock.listen(128)
         port = sock.getsockname()[1]
-        config = uvicorn.Config(
+        config = gateway_server.config(
             create_app(settings),
+            settings,
             lifespan="on",
-            ws="none",
             log_config=None,
             log_level="warning",
             timeout_graceful_shutdown=1,

@@ -1,0 +1,308 @@
+"""The HTTP/1.1 server: uvicorn's httptools protocol, bounded against hostile clients.
+
+uvicorn with httptools serves the gateway because it is the fastest way to serve ASGI here. Out
+of the box it trusts its clients: it puts no limit on the size or the number of request headers
+(httptools keeps a header until its end, so one 100 MB header is read whole), and no timer runs
+while a request head or body arrives, so a connection that sends a byte now and then
+(slowloris), or a body shorter than its Content-Length, is held for ever. No uvicorn setting
+closes that: ``limit_concurrency`` answers 503 to requests past a count, after reading their
+heads; ``timeout_keep_alive`` runs only between requests. Nor does another server alone:
+
+- uvicorn's h11 parser, with ``h11_max_incomplete_event_size``, bounds the bytes of a head (and
+  answers 400, not 431), has no head or body deadline either, and parses in pure Python;
+- hypercorn's ``read_timeout`` is a time per read, which a client sending a byte within each
+  period never reaches;
+- granian (Rust, not installed here) bounds header reads but would change how the gateway runs
+  and is tested (its own worker processes) for what a small layer gives.
+
+So this module adds that layer: :class:`BoundedProtocol`, a subclass of uvicorn's
+``HttpToolsProtocol``, and :func:`config`, the uvicorn configuration that uses it.
+
+- The bytes of a request head are counted as they arrive, before httptools buffers them:
+  past ``max_header_bytes`` the request gets 431. Header lines are counted the same way (a
+  ``bytes.count``), and the headers httptools has parsed once the head is complete: past
+  ``max_header_count``, 431.
+- A head must arrive within ``head_timeout_s`` of the connection's start or of its own first
+  byte, and a body within ``body_timeout_s`` of the end of its head: else 408.
+- A connection past ``max_connections`` open at once gets 503 and is closed.
+- A refusal is the JSON ``google.rpc.Status`` every other error is, with ``Connection: close``.
+  Once it is written, the write side is shut and whatever the client still sends is read and
+  dropped for up to :data:`LINGER_S` before the socket is closed: closing a socket with unread
+  input resets the connection, and the client could lose the answer before reading it.
+
+Memory per connection is then bounded by the head limit (plus one read, at most 256 KiB), and the
+number of connections by ``max_connections``. Cost on the fast path (a whole request in one
+read): a few attribute reads and integer comparisons per request; timers are armed once per
+connection, and per request only when a head or body is still incomplete at the end of a read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import http
+import json
+from typing import Any, ClassVar
+
+import httptools
+import uvicorn
+from google.rpc import code_pb2
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway import errors
+from gateway.settings import Settings
+
+#: How long a refused connection's input is still read (and dropped) before it is closed.
+LINGER_S = 2.0
+
+# What the next bytes on a connection are: (part of) a request head, a request body, or input
+# the gateway no longer reads (the connection was refused and is closing).
+_HEAD, _BODY, _REFUSED = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What a client may send; see the Settings fields of the same names."""
+
+    max_header_bytes: int
+    max_header_count: int
+    head_timeout_s: float
+    body_timeout_s: float
+    max_connections: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            max_header_bytes=settings.max_header_bytes,
+            max_header_count=settings.max_header_count,
+            head_timeout_s=settings.head_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            max_connections=settings.max_connections,
+        )
+
+
+def config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
+    """The uvicorn configuration serving ``app`` with the limits of ``settings``; ``options`` are
+    passed on to ``uvicorn.Config`` (host, port, log settings, ...)."""
+    return uvicorn.Config(app, http=protocol_class(Limits.of(settings)), ws="none", **options)
+
+
+def protocol_class(limits: Limits) -> type[BoundedProtocol]:
+    """A :class:`BoundedProtocol` with ``limits`` (uvicorn makes one protocol per connection)."""
+
+    class Bounded(BoundedProtocol):
+        pass
+
+    Bounded.limits = limits
+    Bounded.answers = _Answers.of(limits)
+    return Bounded
+
+
+class _Refused(Exception):
+    """Raised from a parser callback, after the refusal is written, to stop parsing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Answers:
+    """The refusals, rendered once: status line, then (after the server's default headers) the
+    rest of the head and the body."""
+
+    too_large: tuple[bytes, bytes]
+    too_many: tuple[bytes, bytes]
+    head_late: tuple[bytes, bytes]
+    body_late: tuple[bytes, bytes]
+    busy: tuple[bytes, bytes]
+
+    @classmethod
+    def of(cls, limits: Limits) -> _Answers:
+        return cls(
+            too_large=_answer(
+                431,
+                code_pb2.RESOURCE_EXHAUSTED,
+                f"the request head is larger than the limit of {limits.max_header_bytes} bytes",
+            ),
+            too_many=_answer(
+                431,
+                code_pb2.RESOURCE_EXHAUSTED,
+                f"the request has more headers than the limit of {limits.max_header_count}",
+            ),
+            head_late=_answer(
+                408,
+                code_pb2.DEADLINE_EXCEEDED,
+                f"the request head did not arrive within {limits.head_timeout_s:g} s",
+            ),
+            body_late=_answer(
+                408,
+                code_pb2.DEADLINE_EXCEEDED,
+                f"the request body did not arrive within {limits.body_timeout_s:g} s",
+            ),
+            busy=_answer(
+                503,
+                code_pb2.UNAVAILABLE,
+                f"the gateway has {limits.max_connections} connections open, its limit; try again later",
+                retry_after_s=1,
+            ),
+        )
+
+
+def _answer(status: int, code: int, message: str, retry_after_s: int | None = None) -> tuple[bytes, bytes]:
+    body = json.dumps(errors.status_json(errors.status(code, message)), separators=(",", ":")).encode()
+    line = f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode("latin-1")
+    rest = [b"content-type: application/json", b"content-length: %d" % len(body), b"connection: close"]
+    if retry_after_s is not None:
+        rest.append(b"retry-after: %d" % retry_after_s)
+    return line, b"\r\n".join(rest) + b"\r\n\r\n" + body
+
+
+class BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounds on request heads, bodies and connections.
+
+    Invariants: ``_deadline`` is the one timer of the connection (head, body, or linger after a
+    refusal), or None; ``_head_bytes`` and ``_head_lines`` count what arrived of the current head
+    while ``_reading`` is ``_HEAD``, and may over-count (a read can end a head and start a body),
+    never under-count what httptools holds of it, save the tail of a read that also ended the
+    previous request.
+    """
+
+    limits: ClassVar[Limits]
+    answers: ClassVar[_Answers]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reading = _HEAD
+        self._head_bytes = 0
+        self._head_lines = 0
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse(self.answers.busy)
+            return
+        # The first head's deadline runs from the connection's start: a client that connects
+        # and sends nothing is not kept either.
+        self._deadline = self.loop.call_later(self.limits.head_timeout_s, self._head_late)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        reading = self._reading
+        if reading == _REFUSED:
+            return  # read and dropped until the linger ends
+        self._unset_keepalive_if_required()
+        if reading == _HEAD:
+            self._head_bytes += len(data)
+            self._head_lines += data.count(b"\n")
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            if self._reading != _REFUSED:  # not one of our refusals: a malformed request
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+            return
+        # The read is parsed: bound what httptools holds of an unfinished head, and time what
+        # is still to come.
+        reading = self._reading
+        if reading == _HEAD:
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(self.answers.too_large)
+            elif self._head_lines > self.limits.max_header_count + 2:  # + request line, blank line
+                self._refuse(self.answers.too_many)
+            elif self._head_bytes and self._deadline is None:
+                self._deadline = self.loop.call_later(self.limits.head_timeout_s, self._head_late)
+        elif reading == _BODY and self._deadline is None:
+            self._deadline = self.loop.call_later(self.limits.body_timeout_s, self._body_late)
+
+    # ------------------------------------------------------------ httptools callbacks
+
+    def on_headers_complete(self) -> None:
+        deadline = self._deadline
+        if deadline is not None:
+            deadline.cancel()
+            self._deadline = None
+        limits = self.limits
+        if len(self.headers) > limits.max_header_count:
+            self._refuse(self.answers.too_many)
+            raise _Refused
+        # The counted bytes may include a body read with the head: measure the head itself.
+        if self._head_bytes > limits.max_header_bytes and self._head_size() > limits.max_header_bytes:
+            self._refuse(self.answers.too_large)
+            raise _Refused
+        self._reading = _BODY
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading = _HEAD
+        self._head_bytes = 0
+        self._head_lines = 0
+        deadline = self._deadline
+        if deadline is not None:  # the body's
+            deadline.cancel()
+            self._deadline = None
+
+    # ------------------------------------------------------------ deadlines and refusals
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def _head_late(self) -> None:
+        self._deadline = None
+        if self._reading == _HEAD:
+            self._refuse(self.answers.head_late)
+
+    def _body_late(self) -> None:
+        self._deadline = None
+        if self._reading == _BODY:
+            self._refuse(self.answers.body_late)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _refuse(self, answer: tuple[bytes, bytes]) -> None:
+        """Answer ``answer`` (when no other response is under way), stop reading requests, and
+        close the connection after the linger. Idempotent."""
+        reading = self._reading
+        if reading == _REFUSED:
+            return
+        self._reading = _REFUSED
+        self._cancel_deadline()
+        self._unset_keepalive_if_required()
+        self.pipeline.clear()
+        cycle = self.cycle  # while a head arrives, the previous request's; else this one's
+        if cycle is None:
+            answering = True
+        elif reading == _HEAD:
+            answering = cycle.response_complete  # else the answer would go before that response
+        else:
+            answering = not cycle.response_started  # else this request has had its answer
+        if cycle is not None and not cycle.response_complete:
+            # The application sees the client gone: receive() returns http.disconnect and its
+            # sends are dropped, so nothing follows the refusal on the wire.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not answering:
+            transport.close()  # a response is under way or sent: no status can follow it
+            return
+        line, rest = answer
+        defaults = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
+        transport.write(line + defaults + rest)
+        self.flow.resume_reading()  # keep draining what the client sends, so it can read the answer
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._deadline = self.loop.call_later(LINGER_S, transport.close)
