@@ -3,8 +3,11 @@
 Every error the gateway answers, its own or the runner's, is a ``google.rpc.Status`` in JSON
 (``code``, ``message``, ``details`` with ``@type``). The HTTP status comes from one table, the
 one grpc-gateway uses, so REST callers who know that convention are not surprised; the gateway's
-own errors that have no gRPC twin (413 body too large, 405 method not allowed) set their HTTP
-status explicitly. ``Retry-After`` comes from a ``RetryInfo`` detail, rounded up to seconds.
+own errors that have no gRPC twin (405 method not allowed, 413 body too large, 415 body not
+JSON) set their HTTP status explicitly. The refusals of the HTTP server itself (408, 431 and
+503 before a request reaches the application) are rendered by :mod:`gateway.server` with
+:func:`status_json` too. ``Retry-After`` comes from a ``RetryInfo`` detail, rounded up to
+seconds.
 """
 
 from __future__ import annotations
@@ -81,6 +84,18 @@ def body_too_large(limit: int) -> GatewayError:
     return GatewayError(
         status(code_pb2.RESOURCE_EXHAUSTED, f"the request body is larger than the limit of {limit} bytes"), 413
     )
+
+
+def unsupported_media_type(content_type: str | None) -> GatewayError:
+    """415 for a request body that does not say it is JSON."""
+    if content_type is None:
+        message = "the request body must be JSON, sent with Content-Type: application/json"
+    else:
+        message = (
+            "the request body must be JSON: Content-Type must be application/json (optionally with "
+            f"charset=utf-8), not {content_type[:100]!r}"
+        )
+    return GatewayError(status(code_pb2.INVALID_ARGUMENT, message), 415)
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError, upstream: str) -> status_pb2.Status:

@@ -354,7 +354,14 @@ def _operation(schemas: _Schemas, rule: HttpRule, operation_id: str) -> dict:
         "200": ok,
         "400": {"description": "invalid request (google.rpc.BadRequest lists the fields)", **error},
         "404": {"description": "not found", **error},
-        **({"413": {"description": "request body too large", **error}} if rule.body else {}),
+        **(
+            {
+                "413": {"description": "request body too large", **error},
+                "415": {"description": "request body not sent as application/json", **error},
+            }
+            if rule.body
+            else {}
+        ),
         "429": {"description": "resource exhausted; see Retry-After", **error},
         "503": {"description": "the runner is unavailable; see Retry-After", **error},
         "504": {"description": "deadline exceeded", **error},

@@ -9,8 +9,10 @@ a path that matches with another verb is a partial match, so the router answers 
 ``Allow`` only when no rule takes the verb.
 
 Order of work for every request, so nothing reaches the runner that the gateway can refuse:
-body size (413), transcoding (400), schema limits with the runner's own validator (400 with
-BadRequest), headers (400), and only then the upstream call.
+content type (415), body size (413), transcoding (400), schema limits with the runner's own
+validator (400 with BadRequest), headers (400), and only then the upstream call. Head size,
+header count and read deadlines are the HTTP server's (:mod:`gateway.server`): a request that
+breaks them never reaches a route.
 """
 
 from __future__ import annotations
@@ -122,7 +124,24 @@ class RpcRoute(BaseRoute):
         self, scope: Scope, receive: Receive, headers: list, first: dict, path_params: dict, rid: str, echo: dict
     ):
         rule = self.rule
-        body = await receive_body(receive, first.get("content-length"), self._max_body_bytes) if rule.body else b""
+        if rule.body:
+            # A body must say it is JSON: a browser sends text/plain and form types cross-site
+            # without asking first, JSON only after a CORS preflight this gateway never grants.
+            # A POST with no body and no Content-Type (curl's `-X POST`, e.g. a cancel) is taken
+            # as the empty message; a page could send that cross-site too, so such a route must
+            # not need more protection than its own authorization gives.
+            content_type = first.get("content-type")
+            if (
+                content_type is not None
+                and content_type != "application/json"
+                and not transcode.is_json_media_type(content_type)
+            ):
+                raise errors.unsupported_media_type(content_type)
+            body = await receive_body(receive, first.get("content-length"), self._max_body_bytes)
+            if body and content_type is None:
+                raise errors.unsupported_media_type(None)
+        else:
+            body = b""
         query = scope.get("query_string", b"")
         try:
             message = transcode.build_request(

@@ -8,7 +8,9 @@ through the proto3 JSON mapping of ``google.protobuf.json_format``:
 - a repeated field takes every occurrence of its parameter (``values=1&values=2``);
 - enums by name (``state=RUNNING``) or number; int64 as decimal strings; ``Duration`` as
   ``"1.5s"``, ``Timestamp`` as RFC 3339; bools as ``true``/``false`` (also ``1``/``0``);
-- unknown fields, in the body or the query, are errors (``ignore_unknown_fields=False``).
+- unknown fields, in the body or the query, are errors (``ignore_unknown_fields=False``);
+- so is a key given twice in one JSON object of the body (``json.loads`` would keep the last);
+- a body is JSON only when its ``Content-Type`` says so (:func:`is_json_media_type`).
 
 Responses use proto3 JSON with camelCase names (``preserving_proto_field_name=False``, the
 mapping's standard, what grpc-gateway and Envoy emit) and with fields without presence printed
@@ -97,6 +99,23 @@ def build_request(
     return message
 
 
+def is_json_media_type(content_type: str) -> bool:
+    """True for ``application/json``, alone or with ``charset=utf-8`` (any case, spaces).
+
+    >>> [is_json_media_type(v) for v in ("application/json", "Application/JSON; charset=UTF-8", "text/plain")]
+    [True, True, False]
+    >>> is_json_media_type("application/json; charset=latin-1"), is_json_media_type("application/jsonx")
+    (False, False)
+    """
+    media, _, params = content_type.partition(";")
+    if media.strip().lower() != "application/json":
+        return False
+    if not params.strip():
+        return True
+    name, _, value = params.partition("=")
+    return name.strip().lower() == "charset" and value.strip().strip('"').lower() == "utf-8"
+
+
 def response_json(rule: HttpRule, response: Message) -> Any:
     """The JSON value (dicts, lists, ...) of a response, or of its ``response_body`` field."""
     if rule.response_body:
@@ -127,11 +146,30 @@ def _direct_fields(descriptor: Descriptor) -> frozenset[str]:
     return found
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice: ``json.loads`` would keep the last
+    value, so ``{"spec": {...}, "spec": {...}}`` could carry one spec past a check of another."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(f"the body has the key {json.dumps(key)} twice in one JSON object")
+            seen.add(key)
+    return out
+
+
 def _json_body(body: bytes) -> Any:
     if not body.strip():
         return {}
     try:
-        return json.loads(body)
+        return json.loads(body, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise TranscodeError([FieldViolation(field="", description=str(exc))]) from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise TranscodeError([FieldViolation(field="", description=f"the body is not valid JSON: {exc}")]) from None
 

@@ -236,7 +236,9 @@ async def test_413_body_over_the_limit(stack):
     response = await gw.client.post("/v1/runs", content=chunked(), headers={"content-type": "application/json"})
     assert response.status_code == 413
     # Just under the limit is read (and then refused for its content, not its size).
-    response = await gw.client.post("/v1/runs", content=b" " * (limit - 10) + b"{}")
+    response = await gw.client.post(
+        "/v1/runs", content=b" " * (limit - 10) + b"{}", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
 
 
