@@ -10,10 +10,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos.runner.v1 import runner_pb2, runner_pb2_grpc
+from protos.runner.v1 import runner_pb2
 from runner_service import servicer as servicer_mod
 from runner_service.audit import AuditLog
-from runner_service.diagnostics import Diagnostics, Load
+from runner_service.diagnostics import Diagnostics, Load, to_proto
 from runner_service.health import Health
 from runner_service.jobs.catalog import Catalog
 from runner_service.progress import Hub
@@ -50,12 +50,13 @@ class RunnerApp:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        runner_pb2_grpc.add_RunnerServiceServicer_to_server(
-            servicer_mod.RunnerServicer(self.scheduler, self.store, Catalog(settings.scenario_dir)), self.server
-        )
         self.audit = AuditLog(settings.audit_log_path)
-        runner_pb2_grpc.add_AdminServiceServicer_to_server(
-            servicer_mod.AdminServicer(self.scheduler, settings, self.audit), self.server
+        servicer_mod.add_to_server(
+            self.server,
+            servicer_mod.RunnerServicer(
+                self.scheduler, self.store, Catalog(settings.scenario_dir), settings, self.resilience
+            ),
+            servicer_mod.AdminServicer(self.scheduler, settings, self.audit, self.resilience),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         reflection.enable_server_reflection(
@@ -70,6 +71,10 @@ class RunnerApp:
         self.port: int | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+
+    def resilience(self) -> runner_pb2.Resilience:
+        """The memoized resilience picture as GetResilience and GetStatus give it."""
+        return to_proto(self.diagnostics.snapshot(), self.settings, self.scheduler.pool.watchdog)
 
     def _load(self) -> Load:
         scheduler = self.scheduler

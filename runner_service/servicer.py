@@ -29,7 +29,7 @@ from google.rpc import error_details_pb2
 from protos import validation
 from protos.runner.v1 import runner_pb2 as pb
 from protos.runner.v1 import runner_pb2_grpc
-from runner_service import convert, errors, watchdog
+from runner_service import convert, diagnostics, errors, watchdog
 from runner_service.audit import AuditLog
 from runner_service.jobs import specs
 from runner_service.jobs.catalog import Catalog
@@ -213,10 +213,18 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
 
     SERVICE_NAME = "RunnerService"
 
-    def __init__(self, scheduler: Scheduler, store: Store, catalog: Catalog, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        store: Store,
+        catalog: Catalog,
+        settings: Settings | None = None,
+        resilience: Callable[[], pb.Resilience] | None = None,
+    ) -> None:
         self._scheduler = scheduler
         self._store = store
         self._catalog = catalog
+        self._resilience = resilience
         limits = settings if settings is not None else Settings()
         self._max_spec_bytes = limits.max_spec_bytes
         self._max_list_page_bytes = limits.max_list_page_bytes
@@ -367,16 +375,29 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
     async def GetSummary(self, request, context):
         raise errors.Unimplemented("GetSummary is not implemented yet")
 
+    @unary
+    async def GetResilience(self, request: pb.GetResilienceRequest, context) -> pb.Resilience:
+        if self._resilience is None:
+            raise errors.Unimplemented("diagnostics are not wired on this server")
+        return self._resilience()
+
 
 class AdminServicer(runner_pb2_grpc.AdminServiceServicer):
     """Operator endpoints, behind `authorization: Bearer <RUNNER_ADMIN_TOKEN>`."""
 
     SERVICE_NAME = "AdminService"
 
-    def __init__(self, scheduler: Scheduler, settings, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        settings,
+        audit: AuditLog,
+        resilience: Callable[[], pb.Resilience] | None = None,
+    ) -> None:
         self._scheduler = scheduler
         self._settings = settings
         self._audit = audit
+        self._resilience = resilience
 
     def _authorize(self, context) -> None:
         header = ""
@@ -403,14 +424,9 @@ class AdminServicer(runner_pb2_grpc.AdminServiceServicer):
         status.workers.alive = len(pool.alive_workers())
         status.workers.busy = pool.busy_count
         status.workers.restarts_total = dog.restarts_total
-        watch = status.watchdog
-        watch.policy_state = _POLICY_STATES[policy.state]
-        watch.restarts_in_window = policy.restarts_in_window
-        watch.window.FromNanoseconds(int(dog.window_s * 1e9))
-        watch.cooldown_remaining.FromNanoseconds(int(policy.cooldown_remaining_s * 1e9))
-        watch.cooldown_threshold = dog.cooldown_threshold
-        watch.block_threshold = dog.block_threshold
-        watch.recommended_action = policy.recommended_action
+        diagnostics.fill_watchdog(status.watchdog, dog, policy)
+        if self._resilience is not None:
+            status.resilience.CopyFrom(self._resilience())
         return status
 
     @unary
@@ -439,13 +455,6 @@ class AdminServicer(runner_pb2_grpc.AdminServiceServicer):
         )
         await self._scheduler.restart_workers(self._settings.shutdown_grace_s)
         return pb.RestartWorkersResponse(status=self._status(), override_used=override)
-
-
-_POLICY_STATES = {
-    watchdog.ALLOWED: pb.ALLOWED,
-    watchdog.COOLING_DOWN: pb.COOLING_DOWN,
-    watchdog.BLOCKED: pb.BLOCKED,
-}
 
 
 # ------------------------------------------------------------ registration

@@ -115,6 +115,11 @@ async def test_postgres_stopped_and_started_under_load(start_runner, own_postgre
         while "CIRCUIT_OPEN" not in reasons or await readiness(running) != health_pb2.HealthCheckResponse.NOT_SERVING:
             assert asyncio.get_running_loop().time() < deadline, f"circuit never opened: {set(reasons)}"
             await asyncio.sleep(0.1)
+        during = await stub.GetResilience(pb.GetResilienceRequest(), timeout=5)
+        assert during.recommendation == "recover" and during.reasons
+        assert during.circuit.state in (pb.CIRCUIT_OPEN, pb.CIRCUIT_HALF_OPEN)
+        assert during.circuit.failure_threshold == 3 and during.circuit.opened_total >= 1
+        assert during.circuit.last_error and "[SQL" not in during.circuit.last_error
         await asyncio.to_thread(own_postgres.start)
         deadline = asyncio.get_running_loop().time() + 20
         while await readiness(running) != health_pb2.HealthCheckResponse.SERVING:
@@ -125,6 +130,8 @@ async def test_postgres_stopped_and_started_under_load(start_runner, own_postgre
         loading = False
         await asyncio.gather(*loaders)
         assert len(acknowledged) > recovered_from, "no submission accepted after the database came back"
+        after = await stub.GetResilience(pb.GetResilienceRequest(), timeout=5)
+        assert after.circuit.state == pb.CIRCUIT_CLOSED and not after.database.writes_failing
         assert set(reasons) <= {"CIRCUIT_OPEN", "DB_UNAVAILABLE", "DB_POOL_EXHAUSTED"}
         assert all(0 < hint <= 10 for hint in retry_hints)
 
