@@ -4,10 +4,10 @@ Every error the gateway answers, its own or the runner's, is a ``google.rpc.Stat
 (``code``, ``message``, ``details`` with ``@type``). The HTTP status comes from one table, the
 one grpc-gateway uses, so REST callers who know that convention are not surprised; the gateway's
 own errors that have no gRPC twin (405 method not allowed, 413 body too large, 415 body not
-JSON) set their HTTP status explicitly. The refusals of the HTTP server itself (408, 431 and
-503 before a request reaches the application) are rendered by :mod:`gateway.server` with
-:func:`status_json` too. ``Retry-After`` comes from a ``RetryInfo`` detail, rounded up to
-seconds.
+JSON, 431 too much metadata) set their HTTP status explicitly. The refusals of the HTTP server
+itself (408, 431 and 503 before a request reaches the application) are rendered by
+:mod:`gateway.server` with :func:`status_json` too. ``Retry-After`` comes from a ``RetryInfo``
+detail, rounded up to seconds.
 """
 
 from __future__ import annotations
@@ -96,6 +96,11 @@ def unsupported_media_type(content_type: str | None) -> GatewayError:
             f"charset=utf-8), not {content_type[:100]!r}"
         )
     return GatewayError(status(code_pb2.INVALID_ARGUMENT, message), 415)
+
+
+def header_too_large(message: str) -> GatewayError:
+    """431 for request headers the gateway will not pass on."""
+    return GatewayError(status(code_pb2.RESOURCE_EXHAUSTED, message), 431)
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError, upstream: str) -> status_pb2.Status:

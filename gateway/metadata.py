@@ -24,12 +24,20 @@ _KEY = re.compile(r"[0-9a-z_.-]+")
 _VALUE = re.compile(r"[\x20-\x7e]*")
 
 
+#: What one metadata entry costs beyond its key and value, as HTTP/2 (and gRPC's limit) counts.
+ENTRY_OVERHEAD = 32
+
+
 class HeaderError(ValueError):
     """A header that cannot become metadata or a deadline; ``header`` names it."""
 
     def __init__(self, header: str, message: str) -> None:
         super().__init__(message)
         self.header = header
+
+
+class MetadataTooLarge(HeaderError):
+    """The headers passed on would make more metadata than the limit."""
 
 
 def parse_grpc_timeout(value: str) -> float:
@@ -52,14 +60,17 @@ def request_id(headers: dict[str, str]) -> str:
     return headers.get(REQUEST_ID) or uuid.uuid4().hex
 
 
-def to_metadata(headers: Iterable[tuple[str, str]], rid: str) -> tuple[tuple[str, str | bytes], ...]:
+def to_metadata(
+    headers: Iterable[tuple[str, str]], rid: str, max_bytes: int | None = None
+) -> tuple[tuple[str, str | bytes], ...]:
     """gRPC metadata for a request from its (lower-case) headers and its request id.
 
     >>> to_metadata([("authorization", "Bearer t"), ("grpc-metadata-tenant", "a"), ("accept", "*/*")], "r1")
     (('authorization', 'Bearer t'), ('tenant', 'a'), ('x-request-id', 'r1'))
 
     Raises HeaderError for a metadata key gRPC does not allow or a ``-bin`` value that is not
-    base64.
+    base64, and MetadataTooLarge when the entries, counted as HTTP/2 counts them (key, value and
+    :data:`ENTRY_OVERHEAD` bytes each), pass ``max_bytes``.
     """
     out: list[tuple[str, str | bytes]] = []
     for name, value in headers:
@@ -79,6 +90,13 @@ def to_metadata(headers: Iterable[tuple[str, str]], rid: str) -> tuple[tuple[str
             else:
                 out.append((key, _ascii(name, value)))
     out.append((REQUEST_ID, _ascii(REQUEST_ID, rid)))
+    if max_bytes is not None:
+        size = sum(len(key) + len(value) + ENTRY_OVERHEAD for key, value in out)
+        if size > max_bytes:
+            raise MetadataTooLarge(
+                "grpc-metadata-*",
+                f"the headers passed on as gRPC metadata make {size} bytes, more than the limit of {max_bytes}",
+            )
     return tuple(out)
 
 

@@ -363,6 +363,7 @@ def _operation(schemas: _Schemas, rule: HttpRule, operation_id: str) -> dict:
             else {}
         ),
         "429": {"description": "resource exhausted; see Retry-After", **error},
+        "431": {"description": "request headers too large, too many, or too much metadata", **error},
         "503": {"description": "the runner is unavailable; see Retry-After", **error},
         "504": {"description": "deadline exceeded", **error},
         "default": {"description": "an error as google.rpc.Status", **error},

@@ -10,9 +10,9 @@ a path that matches with another verb is a partial match, so the router answers 
 
 Order of work for every request, so nothing reaches the runner that the gateway can refuse:
 content type (415), body size (413), transcoding (400), schema limits with the runner's own
-validator (400 with BadRequest), headers (400), and only then the upstream call. Head size,
-header count and read deadlines are the HTTP server's (:mod:`gateway.server`): a request that
-breaks them never reaches a route.
+validator (400 with BadRequest), headers (400, or 431 for too much metadata), and only then the
+upstream call. Head size, header count and read deadlines are the HTTP server's
+(:mod:`gateway.server`): a request that breaks them never reaches a route.
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ class RpcRoute(BaseRoute):
         self._settings = settings
         self._allow = ", ".join(sorted(allowed))
         self._unary_timeout_s = settings.unary_timeout_s
+        self._max_grpc_timeout_s = settings.max_grpc_timeout_s
         self._max_body_bytes = settings.max_body_bytes
+        self._max_metadata_bytes = settings.max_metadata_bytes
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http":
@@ -157,9 +159,15 @@ class RpcRoute(BaseRoute):
         if violations:
             raise errors.bad_request(violations)
         try:
-            md = metadata.to_metadata(headers, rid)
+            md = metadata.to_metadata(headers, rid, self._max_metadata_bytes)
             header_timeout = first.get("grpc-timeout")
-            timeout = metadata.parse_grpc_timeout(header_timeout) if header_timeout is not None else None
+            timeout = None
+            if header_timeout is not None:
+                # Cut to the maximum: a deadline hours or years away is no deadline at all, and
+                # one past what gRPC can represent would end the call at once.
+                timeout = min(metadata.parse_grpc_timeout(header_timeout), self._max_grpc_timeout_s)
+        except metadata.MetadataTooLarge as exc:
+            raise errors.header_too_large(str(exc)) from None
         except metadata.HeaderError as exc:
             raise errors.bad_request(
                 [validation.FieldViolation(field=exc.header, description=str(exc))], str(exc)

@@ -30,6 +30,12 @@ class Settings:
     body_timeout_s: float = 30.0
     #: Most connections open at once; one more is answered 503 and closed.
     max_connections: int = 1000
+    #: Largest deadline a Grpc-Timeout header may set; a longer one is cut to this.
+    max_grpc_timeout_s: float = 300.0
+    #: Most bytes of metadata passed upstream (Authorization, traceparent, x-request-id,
+    #: Grpc-Metadata-*; 32 bytes more per entry, as HTTP/2 counts them): 431 beyond. Below
+    #: gRPC's own default limit (8 KiB), with room for the call's own headers.
+    max_metadata_bytes: int = 6 * 1024
     #: SSE keep-alive comment interval while a stream is idle.
     keepalive_s: float = 15.0
     #: How long a stream waits for its first upstream event before sending HTTP headers: an
@@ -85,10 +91,12 @@ def _check(settings: Settings) -> None:
         "reconnect_backoff_max_s",
         "head_timeout_s",
         "body_timeout_s",
+        "max_grpc_timeout_s",
         "max_body_bytes",
         "max_header_bytes",
         "max_header_count",
         "max_connections",
+        "max_metadata_bytes",
     )
     for name in positive:
         if getattr(settings, name) <= 0:

@@ -23,7 +23,11 @@ ECHOED = ("authorization", "traceparent", "x-request-id", "tenant", "blob-bin")
 
 async def _get_run(request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
     received = dict(context.invocation_metadata())
-    await context.send_initial_metadata([(f"echo-{key}", received[key]) for key in ECHOED if key in received])
+    echoed = [(f"echo-{key}", received[key]) for key in ECHOED if key in received]
+    remaining = context.time_remaining()
+    if remaining is not None:
+        echoed.append(("echo-time-remaining", f"{remaining:.3f}"))
+    await context.send_initial_metadata(echoed)
     context.set_trailing_metadata([("served-by", "echo")])
     wanted = int(received.get("want-code", "0"))
     if wanted:
@@ -98,3 +102,36 @@ async def test_every_grpc_code_maps_to_its_http_status_over_http(echo_gateway):
     # The rows of SPEC §3 that only a token check produces today.
     assert errors.HTTP_STATUS[grpc.StatusCode.UNAUTHENTICATED.value[0]] == 401
     assert errors.HTTP_STATUS[grpc.StatusCode.PERMISSION_DENIED.value[0]] == 403
+
+
+async def test_grpc_timeout_is_cut_to_the_maximum(start_gateway):
+    async with echo_server() as address, start_gateway(address, max_grpc_timeout_s=30) as gw:
+        # gRPC rounds a deadline up when it sends it: up to a second more reaches the server.
+        for header, low, high in (("99999999H", 20, 31), ("1H", 20, 31), ("5S", 1, 6), ("31S", 20, 31)):
+            response = await gw.client.get("/v1/runs/r1", headers={"grpc-timeout": header})
+            assert response.status_code == 200, (header, response.text)  # was an immediate 504 for 99999999H
+            assert low < float(response.headers["grpc-metadata-echo-time-remaining"]) <= high, header
+        for malformed in ("123456789S", "-1S", "5s ms", "5X"):
+            response = await gw.client.get("/v1/runs/r1", headers={"grpc-timeout": malformed})
+            assert response.status_code == 400 and "Grpc-Timeout" in response.json()["message"], malformed
+
+
+async def test_the_default_maximum_of_a_grpc_timeout_is_300_s(echo_gateway):
+    response = await echo_gateway.client.get("/v1/runs/r1", headers={"grpc-timeout": "99999999H"})
+    assert response.status_code == 200
+    assert 250 < float(response.headers["grpc-metadata-echo-time-remaining"]) <= 301
+
+
+async def test_too_much_metadata_is_431_before_the_upstream_call(echo_gateway):
+    # 20 KB of Grpc-Metadata-*: within the HTTP head limits, past what gRPC takes (the runner
+    # answered RESOURCE_EXHAUSTED, which became a 429 that invited a retry).
+    big = {f"grpc-metadata-k{i}": "v" * 1000 for i in range(20)}
+    response = await echo_gateway.client.get("/v1/runs/r1", headers=big)
+    assert response.status_code == 431
+    body = response.json()
+    assert body["code"] == 8 and "more than the limit of 6144" in body["message"]
+    assert "grpc-metadata-served-by" not in response.headers  # the echo server never saw it
+    # Just under the limit goes through.
+    fits = {f"grpc-metadata-k{i}": "v" * 1000 for i in range(5)}
+    response = await echo_gateway.client.get("/v1/runs/r1", headers=fits)
+    assert response.status_code == 200 and response.headers["grpc-metadata-echo-x-request-id"]

@@ -210,3 +210,28 @@ def test_openapi_document_is_valid_and_carries_the_limits():
     assert {p["name"]: p["schema"].get("maximum") for p in list_runs}["page_size"] == 500
     operations = {op["operationId"] for path in document["paths"].values() for op in path.values()}
     assert {f"{rule.service.rsplit('.', 1)[1]}_{rule.method}" for rule in RULES} <= operations
+
+
+def test_the_limits_on_clients_are_settings():
+    from gateway import settings as gateway_settings
+
+    defaults = gateway_settings.Settings()
+    assert (defaults.max_header_bytes, defaults.max_header_count, defaults.max_connections) == (65536, 100, 1000)
+    assert (defaults.head_timeout_s, defaults.body_timeout_s, defaults.max_grpc_timeout_s) == (10.0, 30.0, 300.0)
+    assert defaults.max_metadata_bytes == 6144
+    env = {
+        "GATEWAY_MAX_HEADER_BYTES": "8192",
+        "GATEWAY_MAX_HEADER_COUNT": "20",
+        "GATEWAY_HEAD_TIMEOUT_S": "2.5",
+        "GATEWAY_BODY_TIMEOUT_S": "4",
+        "GATEWAY_MAX_CONNECTIONS": "50",
+        "GATEWAY_MAX_GRPC_TIMEOUT_S": "60",
+        "GATEWAY_MAX_METADATA_BYTES": "4096",
+    }
+    read = gateway_settings.from_env(env)
+    assert (read.max_header_bytes, read.max_header_count) == (8192, 20)
+    assert (read.head_timeout_s, read.body_timeout_s) == (2.5, 4.0)
+    assert (read.max_connections, read.max_grpc_timeout_s, read.max_metadata_bytes) == (50, 60.0, 4096)
+    for name in env:
+        with pytest.raises(ValueError, match=name.removeprefix("GATEWAY_").lower()):
+            gateway_settings.from_env({name: "0"})
