@@ -333,7 +333,8 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         more = False
         while not more:
             wanted = min(page_size - len(response.runs), LIST_CHUNK)
-            records = await _within_deadline(context, self._store.list_runs(wanted + 1, after, state, kind))
+            budget = max(1, self._max_list_page_bytes - used)
+            records = await _within_deadline(context, self._store.list_runs(wanted + 1, after, state, kind, budget))
             for record in records[:wanted]:
                 run = convert.run_to_proto(self._scheduler.live_record(record.run_id) or record)
                 size = run.ByteSize() + _ENTRY_OVERHEAD

@@ -92,6 +92,14 @@ def _migration_1(conn: sa.Connection) -> None:
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _migration_1)]
 
 _RUN_COLUMNS = [c.name for c in runs.columns]
+# What a run weighs when listed: its variable-size columns.
+_STORED_SIZE = (
+    sa.func.length(runs.c.spec)
+    + sa.func.coalesce(sa.func.length(runs.c.result), 0)
+    + sa.func.coalesce(sa.func.length(runs.c.error), 0)
+    + sa.func.length(runs.c.labels)
+    + sa.func.length(runs.c.progress_message)
+)
 
 
 def _record(row: sa.Row) -> RunRecord:
@@ -578,20 +586,38 @@ class SqlStore(store.Store):
         row = conn.execute(sa.select(runs).where(runs.c.request_id == request_id)).first()
         return _record(row) if row is not None else None
 
-    async def list_runs(self, limit, after, state, kind) -> list[RunRecord]:
-        return await self._read(self._list_runs, limit, after, state, kind, slow=True)
+    async def list_runs(self, limit, after, state, kind, max_bytes=None) -> list[RunRecord]:
+        return await self._read(self._list_runs, limit, after, state, kind, max_bytes, slow=True)
 
     @staticmethod
-    def _list_runs(conn: sa.Connection, limit: int, after: Cursor | None, state, kind) -> list[RunRecord]:
-        query = sa.select(runs)
-        if state is not None:
-            query = query.where(runs.c.state == int(state))
-        if kind:
-            query = query.where(runs.c.kind == kind)
-        if after is not None:
-            query = query.where(sa.tuple_(runs.c.create_us, runs.c.run_id) < (after.create_us, after.run_id))
-        query = query.order_by(runs.c.create_us.desc(), runs.c.run_id.desc()).limit(limit)
-        return [_record(row) for row in conn.execute(query)]
+    def _list_runs(
+        conn: sa.Connection, limit: int, after: Cursor | None, state, kind, max_bytes: int | None
+    ) -> list[RunRecord]:
+        def keyset(query):
+            if state is not None:
+                query = query.where(runs.c.state == int(state))
+            if kind:
+                query = query.where(runs.c.kind == kind)
+            if after is not None:
+                query = query.where(sa.tuple_(runs.c.create_us, runs.c.run_id) < (after.create_us, after.run_id))
+            return query.order_by(runs.c.create_us.desc(), runs.c.run_id.desc()).limit(limit)
+
+        if max_bytes is None:
+            return [_record(row) for row in conn.execute(keyset(sa.select(runs)))]
+        # Sizes first (the databases know a value's length without reading it),
+        # then only the rows that fit the budget.
+        ids, used = [], 0
+        for run_id, size in conn.execute(keyset(sa.select(runs.c.run_id, _STORED_SIZE))):
+            ids.append(run_id)
+            used += int(size or 0)
+            if used > max_bytes:
+                break
+        if not ids:
+            return []
+        rows = conn.execute(
+            sa.select(runs).where(runs.c.run_id.in_(ids)).order_by(runs.c.create_us.desc(), runs.c.run_id.desc())
+        )
+        return [_record(row) for row in rows]
 
     async def list_events(self, run_id, after_seq, up_to_seq, limit) -> list[StoredEvent]:
         return await self._read(self._list_events, run_id, after_seq, up_to_seq, limit)

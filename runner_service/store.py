@@ -130,9 +130,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_runs(
-        self, limit: int, after: Cursor | None, state: RunState | None, kind: str | None
+        self,
+        limit: int,
+        after: Cursor | None,
+        state: RunState | None,
+        kind: str | None,
+        max_bytes: int | None = None,
     ) -> list[RunRecord]:
-        """Newest first, at most limit runs older than `after`."""
+        """Newest first, at most limit runs older than `after`. With max_bytes,
+        it stops after the first run that takes the runs' stored size (spec,
+        result, error, labels, message) over max_bytes, so a page of large runs
+        never loads more than about max_bytes plus one run."""
 
     @abc.abstractmethod
     async def list_events(self, run_id: str, after_seq: int, up_to_seq: int | None, limit: int) -> list[StoredEvent]:

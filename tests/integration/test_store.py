@@ -175,3 +175,20 @@ async def test_sqlite_wal_stays_bounded_under_sustained_commits(tmp_path):
     finally:
         await opened.close()
     assert largest < 8 * 1024 * 1024, largest  # 500 pages of 4 KiB, and the commit that crossed them
+
+
+async def test_list_runs_with_a_byte_budget_loads_only_what_fits(store):
+    base = now_us()
+    made = []
+    for i in range(5):
+        r = record(create_us=base + i)
+        r.spec = bytes(1_000_000)
+        made.append(r)
+        await store.submit(r, event(r.run_id, 1))
+    newest_first = [r.run_id for r in reversed(made)]
+    # The first run that takes the total over the budget is included, then it stops.
+    assert [r.run_id for r in await store.list_runs(10, None, None, None, 2_500_000)] == newest_first[:3]
+    assert [r.run_id for r in await store.list_runs(10, None, None, None, 1)] == newest_first[:1]
+    assert [r.run_id for r in await store.list_runs(2, None, None, None, 10_000_000)] == newest_first[:2]
+    cursor = Cursor(made[1].create_us, made[1].run_id)
+    assert [r.run_id for r in await store.list_runs(10, cursor, None, None, 10_000_000)] == [made[0].run_id]
