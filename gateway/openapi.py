@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from starlette.responses import Response
@@ -46,7 +47,7 @@ _UINT32 = {FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32}
 _UNSIGNED = {FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64}
 _DURATION_PATTERN = r"^-?[0-9]{1,12}(\.[0-9]{1,9})?s$"
 #: Well-known types: their proto3 JSON form instead of their fields.
-_WELL_KNOWN = {
+_WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
     "google.protobuf.Duration": {"type": "string", "pattern": _DURATION_PATTERN, "description": 'seconds, e.g. "1.5s"'},
     "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
@@ -108,12 +109,13 @@ class _Schemas:
         schema: dict = {"type": "object", "properties": properties, "additionalProperties": False}
         if required:
             schema["required"] = required
-        choices = []
+        choices: list[dict] = []
         for oneof in descriptor.oneofs:
             if len(oneof.fields) == 1 and oneof.name == "_" + oneof.fields[0].name:
                 continue  # proto3 `optional`: presence, not a choice
-            members = [{"required": [f.json_name]} for f in oneof.fields]
-            if not oneof.GetOptions().Extensions[limits_pb2.oneof_required]:
+            members: list[dict] = [{"required": [f.json_name]} for f in oneof.fields]
+            options: Any = oneof.GetOptions()  # extension options: no static types
+            if not options.Extensions[limits_pb2.oneof_required]:
                 members.append({"not": {"anyOf": [{"required": [f.json_name]} for f in oneof.fields]}})
             choices.append({"oneOf": members})
         if len(choices) == 1:
@@ -126,7 +128,7 @@ class _Schemas:
         limits = field_limits(field)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
-            schema = {"type": "object", "additionalProperties": self._single(value, limits)}
+            schema: dict[str, Any] = {"type": "object", "additionalProperties": self._single(value, limits)}
             key_schema = self._scalar(key, limits_pb2.FieldLimits(), for_key=True)
             if key_schema:
                 schema["propertyNames"] = key_schema
@@ -144,14 +146,17 @@ class _Schemas:
 
     def _single(self, field: FieldDescriptor, limits: limits_pb2.FieldLimits) -> dict:
         if field.type == FieldDescriptor.TYPE_MESSAGE:
-            schema = dict(self.message(field.message_type))
-            if field.message_type.full_name == "google.protobuf.Struct":
+            message_type = field.message_type
+            assert message_type is not None  # a message field has its type
+            schema = dict(self.message(message_type))
+            if message_type.full_name == "google.protobuf.Struct":
                 _put(schema, "maxProperties", limit(limits, "struct_max_keys"))
             notes = _json_notes(limits)
             if notes:
                 schema["description"] = notes
             return schema
         if field.type == FieldDescriptor.TYPE_ENUM:
+            assert field.enum_type is not None  # an enum field has its type
             return self.enum(field.enum_type)
         return self._scalar(field, limits)
 
@@ -210,7 +215,9 @@ def _number(value: float):
 
 
 def _file_default_max(field: FieldDescriptor) -> int | None:
-    options = field.file.GetOptions()
+    owner = field.containing_type
+    assert owner is not None  # a field of a message, not an extension
+    options: Any = owner.file.GetOptions()  # extension options: no static types
     if options.HasExtension(limits_pb2.default_max_string_len):
         return options.Extensions[limits_pb2.default_max_string_len] or None
     return None
@@ -250,10 +257,16 @@ def _openapi_path(rule: HttpRule) -> str:
 
 
 def _field_at(descriptor: Descriptor, dotted: str) -> FieldDescriptor:
+    """The field at a dotted path of field names (KeyError when there is none)."""
+    current: Descriptor | None = descriptor
     field = None
     for name in dotted.split("."):
-        field = descriptor.fields_by_name[name]
-        descriptor = field.message_type
+        if current is None:
+            raise KeyError(dotted)
+        field = current.fields_by_name[name]
+        current = field.message_type
+    if field is None:
+        raise KeyError(dotted)
     return field
 
 
@@ -275,14 +288,14 @@ def _query_parameters(schemas: _Schemas, descriptor: Descriptor, skip: set[str],
         if message is not None and "type" not in _WELL_KNOWN[message.full_name]:
             continue  # Value: no query form
         schema = schemas.field(field)
-        parameter = {"name": path, "in": "query", "schema": schema}
+        parameter: dict[str, Any] = {"name": path, "in": "query", "schema": schema}
         if field.is_repeated:
             parameter.update(style="form", explode=True)
         yield parameter
 
 
 def _operation(schemas: _Schemas, rule: HttpRule, operation_id: str) -> dict:
-    descriptor = rule.input_type.DESCRIPTOR
+    descriptor = cast(Descriptor, rule.input_type.DESCRIPTOR)
     parameters = []
     for name in rule.variables:
         field = _field_at(descriptor, name)
@@ -330,7 +343,7 @@ def _operation(schemas: _Schemas, rule: HttpRule, operation_id: str) -> dict:
         )
     if parameters:
         operation["parameters"] = parameters
-    output = rule.output_type.DESCRIPTOR
+    output = cast(Descriptor, rule.output_type.DESCRIPTOR)
     result = schemas.field(output.fields_by_name[rule.response_body]) if rule.response_body else schemas.message(output)
     status = schemas.message(_status_descriptor())
     if rule.server_streaming:

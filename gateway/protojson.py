@@ -23,12 +23,13 @@ from __future__ import annotations
 import base64
 import datetime
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf import duration_pb2, field_mask_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+_shortest_float: Callable[[float], float] | None
 try:  # the helper json_format itself uses for 32-bit floats
     from google.protobuf.internal.type_checkers import ToShortestFloat as _shortest_float
 except ImportError:  # pragma: no cover - then float fields go through json_format
@@ -52,7 +53,7 @@ def to_json(message: Message) -> dict:
     """A message in proto3 JSON: camelCase names, enums by name, int64 as strings, fields
     without presence printed at their default."""
     try:
-        return _printer(message.DESCRIPTOR)(message)
+        return _printer(cast(Descriptor, message.DESCRIPTOR))(message)
     except Exception:  # noqa: BLE001 - json_format decides: the same value, or its own error
         return reference(message)
 
@@ -140,12 +141,31 @@ def _regular(descriptor: Descriptor) -> Converter:
 
 def _is_map(field: FieldDescriptor) -> bool:
     kind = field.message_type
-    return field.type == FieldDescriptor.TYPE_MESSAGE and kind.has_options and kind.GetOptions().map_entry
+    return (
+        field.type == FieldDescriptor.TYPE_MESSAGE
+        and kind is not None
+        and kind.has_options
+        and kind.GetOptions().map_entry
+    )
+
+
+def _message_type(field: FieldDescriptor) -> Descriptor:
+    kind = field.message_type
+    if kind is None:
+        raise _Unsupported(f"{field.full_name} has no message type")
+    return kind
+
+
+def _enum_type(field: FieldDescriptor) -> EnumDescriptor:
+    kind = field.enum_type
+    if kind is None:
+        raise _Unsupported(f"{field.full_name} has no enum type")
+    return kind
 
 
 def _field_converter(field: FieldDescriptor) -> Converter:
     if _is_map(field):
-        entry = field.message_type
+        entry = _message_type(field)
         key = entry.fields_by_name["key"]
         value = _scalar_converter(entry.fields_by_name["value"])
         if key.type == FieldDescriptor.TYPE_BOOL:
@@ -165,7 +185,7 @@ def _scalar_converter(field: FieldDescriptor) -> Converter:
     """The converter of one value of ``field`` (a message, enum or scalar)."""
     kind = field.type
     if kind in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
-        return _message_converter(field.message_type)
+        return _message_converter(_message_type(field))
     if kind == FieldDescriptor.TYPE_ENUM:
         return _enum_converter(field)
     if kind == FieldDescriptor.TYPE_STRING:
@@ -181,7 +201,7 @@ def _scalar_converter(field: FieldDescriptor) -> Converter:
     if kind == FieldDescriptor.TYPE_DOUBLE:
         return _double
     if kind == FieldDescriptor.TYPE_FLOAT and _shortest_float is not None:
-        return _float
+        return _float_converter(_shortest_float)
     raise _Unsupported(field.full_name)
 
 
@@ -198,7 +218,7 @@ def _message_converter(descriptor: Descriptor) -> Converter:
 
 
 def _enum_converter(field: FieldDescriptor) -> Converter:
-    enum = field.enum_type
+    enum = _enum_type(field)
     if enum.full_name == "google.protobuf.NullValue":
         return _null
     for value in enum.values:
@@ -238,13 +258,16 @@ def _double(value: float) -> Any:
     return "Infinity" if value > 0 else "-Infinity"
 
 
-def _float(value: float) -> Any:
-    if value - value == 0:
-        return _shortest_float(value)
-    return _double(value)
+def _float_converter(shortest: Callable[[float], float]) -> Converter:
+    def convert(value: float) -> Any:
+        if value - value == 0:
+            return shortest(value)
+        return _double(value)
+
+    return convert
 
 
-def _to_json_string(message: Message) -> str:
+def _to_json_string(message: duration_pb2.Duration | field_mask_pb2.FieldMask) -> str:
     return message.ToJsonString()
 
 
@@ -252,7 +275,7 @@ _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 _SECONDS_MIN, _SECONDS_MAX = -62135596800, 253402300799  # 0001-01-01T00:00:00Z, 9999-12-31T23:59:59Z
 
 
-def _timestamp(message: Message) -> str:
+def _timestamp(message: timestamp_pb2.Timestamp) -> str:
     """``Timestamp.ToJsonString()``, the same text (RFC 3339, Z, 0/3/6/9 fraction digits)
     without building a datetime."""
     seconds, nanos = message.seconds, message.nanos
@@ -271,16 +294,16 @@ def _timestamp(message: Message) -> str:
     return f"{text}.{nanos:09d}Z"
 
 
-def _struct(message: Message) -> dict:
+def _struct(message: struct_pb2.Struct) -> dict:
     fields = message.fields
     return {key: _value(fields[key]) for key in fields}
 
 
-def _list_value(message: Message) -> list:
+def _list_value(message: struct_pb2.ListValue) -> list:
     return [_value(item) for item in message.values]
 
 
-def _value(message: Message) -> Any:
+def _value(message: struct_pb2.Value) -> Any:
     which = message.WhichOneof("kind")
     if which == "string_value":
         return message.string_value

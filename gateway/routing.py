@@ -191,12 +191,12 @@ class RpcRoute(BaseRoute):
         try:
             reply = await call
         except grpc.aio.AioRpcError as err:
-            headers = metadata.to_headers(err.initial_metadata(), err.trailing_metadata())
-            return errors.response(errors.from_rpc_error(err, self._upstream.target), headers={**headers, **echo})
-        headers = metadata.to_headers(await call.initial_metadata(), await call.trailing_metadata())
+            answer = metadata.to_headers(err.initial_metadata(), err.trailing_metadata())
+            return errors.response(errors.from_rpc_error(err, self._upstream.target), headers={**answer, **echo})
+        answer = metadata.to_headers(await call.initial_metadata(), await call.trailing_metadata())
         # The answer keeps the finished call until it has been sent: freeing a call costs tens
         # of microseconds, better spent after the caller has its response than before.
-        return JsonReply(transcode.response_json(rule, reply), {**headers, **echo}, keep=call)
+        return JsonReply(transcode.response_json(rule, reply), {**answer, **echo}, keep=call)
 
 
 class JsonReply:

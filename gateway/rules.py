@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
+from google.protobuf.message import Message
 
 _VERBS = ("get", "put", "post", "delete", "patch")
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(?:=([^}]*))?\}")
@@ -40,8 +41,8 @@ class HttpRule:
     response_body: str  # "" (the whole response) or a field name
     service: str  # "runner.v1.RunnerService"
     method: str  # "SubmitRun"
-    input_type: type  # the request message class
-    output_type: type  # the response message class
+    input_type: type[Message]  # the request message class
+    output_type: type[Message]  # the response message class
     server_streaming: bool
 
     @property

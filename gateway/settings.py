@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +69,11 @@ def from_env(env: Mapping[str, str] | None = None, **overrides) -> Settings:
         raw = env.get("GATEWAY_" + name.upper())
         if raw is None:
             continue
-        kind = type(field.default)
+        kind: Callable[[str], Any] = type(field.default)
         try:
             values[name] = kind(raw)
         except ValueError:
-            raise ValueError(f"GATEWAY_{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+            raise ValueError(f"GATEWAY_{name.upper()}={raw!r} is not a valid {type(field.default).__name__}") from None
     values.update(overrides)
     settings = Settings(**values)
     _check(settings)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -32,7 +32,7 @@ from google.rpc import error_details_pb2
 from gateway import protojson
 from gateway.rules import HttpRule
 
-FieldViolation = error_details_pb2.BadRequest.FieldViolation
+FieldViolation: TypeAlias = error_details_pb2.BadRequest.FieldViolation
 
 #: The request field a ``Last-Event-ID`` header fills (WatchRun's resume point).
 RESUME_FIELD = "after_seq"
@@ -71,22 +71,23 @@ def build_request(
     field. Schema limits are not checked here (``protos.validation`` does that).
     """
     message = rule.input_type()
+    descriptor = cast(Descriptor, message.DESCRIPTOR)
     if rule.body:
         document = _json_body(body)
         if rule.body == "*":
             _parse(document, message, "")
         else:
-            field = message.DESCRIPTOR.fields_by_name[rule.body]
+            field = descriptor.fields_by_name[rule.body]
             _parse({field.json_name: document}, message, "")
     if rule.body != "*":
         bound = set(rule.variables) | ({rule.body} if rule.body else set())
-        tree = _tree(message.DESCRIPTOR, _grouped(query, bound))
+        tree = _tree(descriptor, _grouped(query, bound))
         if tree:
             _parse(tree, message, "")
-    if last_event_id and RESUME_FIELD in message.DESCRIPTOR.fields_by_name:
+    if last_event_id and RESUME_FIELD in descriptor.fields_by_name:
         _parse({RESUME_FIELD: last_event_id.strip()}, message, "Last-Event-ID")
     if path_params:
-        direct = _direct_fields(message.DESCRIPTOR)
+        direct = _direct_fields(descriptor)
         rest: dict[str, list[str]] = {}
         for name, value in path_params.items():
             if name in direct and value.isascii():
@@ -95,7 +96,7 @@ def build_request(
             else:
                 rest[name] = [value]
         if rest:
-            _parse(_tree(message.DESCRIPTOR, rest), message, "")
+            _parse(_tree(descriptor, rest), message, "")
     return message
 
 
@@ -188,7 +189,8 @@ def _tree(descriptor: Descriptor, params: dict[str, list[str]]) -> dict:
     tree: dict = {}
     for dotted, values in params.items():
         names = dotted.split(".")
-        node, current = tree, descriptor
+        node: dict = tree
+        current: Descriptor | None = descriptor
         field = None
         for depth, name in enumerate(names):
             field = _field(current, name) if current is not None else None

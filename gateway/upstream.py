@@ -29,7 +29,7 @@ class Upstream:
 
     def channel_options(self) -> list[tuple[str, object]]:
         backoff_ms = int(self._settings.reconnect_backoff_max_s * 1000)
-        config = {"loadBalancingConfig": [{self._settings.lb_policy: {}}]}
+        config: dict[str, object] = {"loadBalancingConfig": [{self._settings.lb_policy: {}}]}
         return [
             # A restarted runner is reconnected to within the backoff bound, not minutes later.
             ("grpc.initial_reconnect_backoff_ms", min(1000, backoff_ms)),
