@@ -24,16 +24,20 @@ So this module adds that layer: :class:`BoundedProtocol`, a subclass of uvicorn'
   ``max_header_count``, 431.
 - A head must arrive within ``head_timeout_s`` of the connection's start or of its own first
   byte, and a body within ``body_timeout_s`` of the end of its head: else 408.
+- A body is parsed up to ``max_body_bytes`` plus ``max_header_bytes`` (chunk framing and
+  trailers, which httptools keeps whole like headers): beyond, 413, or the end of the
+  connection when the route has answered already (it answers 413 itself when it reads a body).
 - A connection past ``max_connections`` open at once gets 503 and is closed.
 - A refusal is the JSON ``google.rpc.Status`` every other error is, with ``Connection: close``.
   Once it is written, the write side is shut and whatever the client still sends is read and
   dropped for up to :data:`LINGER_S` before the socket is closed: closing a socket with unread
   input resets the connection, and the client could lose the answer before reading it.
 
-Memory per connection is then bounded by the head limit (plus one read, at most 256 KiB), and the
+Memory per connection is then bounded by these limits (plus one read, at most 256 KiB), and the
 number of connections by ``max_connections``. Cost on the fast path (a whole request in one
-read): a few attribute reads and integer comparisons per request; timers are armed once per
-connection, and per request only when a head or body is still incomplete at the end of a read.
+read): a byte count, a line count and a few comparisons per request, under 2 µs measured on top
+of httptools' own 7 µs; timers are armed once per connection, and per request only when a head
+or body is still incomplete at the end of a read.
 """
 
 from __future__ import annotations
@@ -69,10 +73,12 @@ class Limits:
     head_timeout_s: float
     body_timeout_s: float
     max_connections: int
+    max_body_bytes: int
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
         return cls(
+            max_body_bytes=settings.max_body_bytes,
             max_header_bytes=settings.max_header_bytes,
             max_header_count=settings.max_header_count,
             head_timeout_s=settings.head_timeout_s,
@@ -109,6 +115,7 @@ class _Answers:
 
     too_large: tuple[bytes, bytes]
     too_many: tuple[bytes, bytes]
+    body_too_large: tuple[bytes, bytes]
     head_late: tuple[bytes, bytes]
     body_late: tuple[bytes, bytes]
     busy: tuple[bytes, bytes]
@@ -125,6 +132,11 @@ class _Answers:
                 431,
                 code_pb2.RESOURCE_EXHAUSTED,
                 f"the request has more headers than the limit of {limits.max_header_count}",
+            ),
+            body_too_large=_answer(
+                413,
+                code_pb2.RESOURCE_EXHAUSTED,
+                f"the request body is larger than the limit of {limits.max_body_bytes} bytes",
             ),
             head_late=_answer(
                 408,
@@ -158,10 +170,10 @@ class BoundedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with bounds on request heads, bodies and connections.
 
     Invariants: ``_deadline`` is the one timer of the connection (head, body, or linger after a
-    refusal), or None; ``_head_bytes`` and ``_head_lines`` count what arrived of the current head
-    while ``_reading`` is ``_HEAD``, and may over-count (a read can end a head and start a body),
-    never under-count what httptools holds of it, save the tail of a read that also ended the
-    previous request.
+    refusal), or None. ``_read`` counts the bytes that arrived of the current head (while
+    ``_reading`` is ``_HEAD``) or body (``_BODY``), ``_head_lines`` the lines of the head; they
+    may over-count (one read can end a head and start a body) and under-count by at most the
+    tail of the read that ended the previous part.
     """
 
     limits: ClassVar[Limits]
@@ -170,9 +182,10 @@ class BoundedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading = _HEAD
-        self._head_bytes = 0
+        self._read = 0
         self._head_lines = 0
         self._deadline: asyncio.TimerHandle | None = None
+        self._upgrade_warned = False
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -194,34 +207,43 @@ class BoundedProtocol(HttpToolsProtocol):
         if reading == _REFUSED:
             return  # read and dropped until the linger ends
         self._unset_keepalive_if_required()
+        self._read += len(data)
         if reading == _HEAD:
-            self._head_bytes += len(data)
             self._head_lines += data.count(b"\n")
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
-            else:
+                return
+            # Not upgraded (the request was served as plain HTTP/1.1): what follows cannot be
+            # parsed, but still counts and is timed below. Warned once, not per read.
+            if not self._upgrade_warned:
+                self._upgrade_warned = True
                 self._unsupported_upgrade_warning()
-            return
         except httptools.HttpParserError:
             if self._reading != _REFUSED:  # not one of our refusals: a malformed request
                 self.logger.warning("Invalid HTTP request received.")
                 self.send_400_response("Invalid HTTP request received.")
             return
-        # The read is parsed: bound what httptools holds of an unfinished head, and time what
-        # is still to come.
+        # The read is parsed: bound what httptools holds of an unfinished head, or of a body
+        # nobody reads (its chunk trailers are kept whole), and time what is still to come.
         reading = self._reading
+        limits = self.limits
         if reading == _HEAD:
-            if self._head_bytes > self.limits.max_header_bytes:
+            if self._read > limits.max_header_bytes:
                 self._refuse(self.answers.too_large)
-            elif self._head_lines > self.limits.max_header_count + 2:  # + request line, blank line
+            elif self._head_lines > limits.max_header_count + 2:  # + request line, blank line
                 self._refuse(self.answers.too_many)
-            elif self._head_bytes and self._deadline is None:
-                self._deadline = self.loop.call_later(self.limits.head_timeout_s, self._head_late)
-        elif reading == _BODY and self._deadline is None:
-            self._deadline = self.loop.call_later(self.limits.body_timeout_s, self._body_late)
+            elif self._read and self._deadline is None:
+                self._deadline = self.loop.call_later(limits.head_timeout_s, self._head_late)
+        elif reading == _BODY:
+            # Room beyond the body limit for chunk framing and trailers: the application
+            # answers 413 itself when it reads the body.
+            if self._read > limits.max_body_bytes + limits.max_header_bytes:
+                self._refuse(self.answers.body_too_large)
+            elif self._deadline is None:
+                self._deadline = self.loop.call_later(limits.body_timeout_s, self._body_late)
 
     # ------------------------------------------------------------ httptools callbacks
 
@@ -235,16 +257,17 @@ class BoundedProtocol(HttpToolsProtocol):
             self._refuse(self.answers.too_many)
             raise _Refused
         # The counted bytes may include a body read with the head: measure the head itself.
-        if self._head_bytes > limits.max_header_bytes and self._head_size() > limits.max_header_bytes:
+        if self._read > limits.max_header_bytes and self._head_size() > limits.max_header_bytes:
             self._refuse(self.answers.too_large)
             raise _Refused
         self._reading = _BODY
+        self._read = 0
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._reading = _HEAD
-        self._head_bytes = 0
+        self._read = 0
         self._head_lines = 0
         deadline = self._deadline
         if deadline is not None:  # the body's
@@ -272,8 +295,8 @@ class BoundedProtocol(HttpToolsProtocol):
             self._deadline = None
 
     def _refuse(self, answer: tuple[bytes, bytes]) -> None:
-        """Answer ``answer`` (when no other response is under way), stop reading requests, and
-        close the connection after the linger. Idempotent."""
+        """Answer ``answer`` (unless the request has had its answer, or another response is under
+        way), stop reading requests, and close the connection after the linger. Idempotent."""
         reading = self._reading
         if reading == _REFUSED:
             return
@@ -296,13 +319,15 @@ class BoundedProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport.is_closing():
             return
-        if not answering:
-            transport.close()  # a response is under way or sent: no status can follow it
+        if answering:
+            line, rest = answer
+            defaults = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
+            transport.write(line + defaults + rest)
+        elif cycle is not None and not cycle.response_complete:
+            transport.close()  # a response is under way: nothing can follow it
             return
-        line, rest = answer
-        defaults = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
-        transport.write(line + defaults + rest)
-        self.flow.resume_reading()  # keep draining what the client sends, so it can read the answer
+        # Keep draining what the client sends for a while, so it can read the answer it has.
+        self.flow.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
         self._deadline = self.loop.call_later(LINGER_S, transport.close)

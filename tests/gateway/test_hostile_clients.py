@@ -25,6 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.server import LINGER_S
+
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 #: What an attack may add to the gateway's resident memory, at its peak or after it.
@@ -232,6 +234,28 @@ async def send_while_unanswered(port: int, first: bytes, then: bytes, total: int
     return answer, sent, elapsed, closed
 
 
+async def send_all(port: int, first: bytes, then: bytes, total: int) -> tuple[Answer, int]:
+    """Send ``first`` and ``then`` again and again up to ``total`` bytes whatever the server
+    answers (until it ends the connection); returns its answer and the bytes sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answering = asyncio.create_task(read_answer(reader))
+    sent = 0
+    try:
+        writer.write(first)
+        sent += len(first)
+        while sent < total:
+            await writer.drain()
+            writer.write(then)
+            sent += len(then)
+        await writer.drain()
+    except ConnectionError:
+        pass  # the server closed: what it answered before is read below
+    try:
+        return await asyncio.wait_for(answering, SLACK_S), sent
+    finally:
+        writer.close()
+
+
 async def still_serves(gateway: GatewayProcess) -> None:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10) as client:
         assert (await client.get("/health/live")).status_code == 200
@@ -324,6 +348,55 @@ async def test_short_and_trickled_bodies_get_408_at_the_body_deadline(impatient_
         assert BODY_TIMEOUT_S * 0.9 < seconds < BODY_TIMEOUT_S + SLACK_S
     memory.check()
     await still_serves(gateway)
+
+
+async def test_a_chunked_body_with_a_50_mb_trailer_is_cut_off(gateway):
+    """httptools keeps a chunk trailer whole, as it does a header: past the body limit (plus
+    room for framing and trailers) the gateway stops parsing, after the route's answer."""
+    memory = Memory(gateway, "a chunked body with a 50 MB trailer")
+    head = b"POST /health/live HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+    answer, _ = await asyncio.wait_for(
+        send_all(gateway.port, head + b"5\r\nhello\r\n0\r\nx-trailer: ", b"t" * (256 * 1024), 50 * MIB),
+        LINGER_S + SLACK_S,
+    )
+    assert answer.status == 405  # the route's own answer, before the trailer
+    # A body nobody reads, past the limit, without an answer yet: 413 from the server.
+    answer, _, _, closed = await send_while_unanswered(
+        gateway.port,
+        b"POST /v1/runs HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"40000\r\n" + b" " * 0x40000 + b"\r\n",
+        50 * MIB,
+    )
+    assert answer.status == 413 and closed
+    memory.check()
+    await still_serves(gateway)
+
+
+async def test_ordinary_clients_are_untouched(gateway):
+    """Pipelined requests, a head in 1-byte reads, a head just under the limit, a body at the
+    limit: all served as before (503: nothing listens upstream, so the request got that far)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(b"GET /health/live HTTP/1.1\r\nhost: t\r\n\r\n" * 3)
+        assert [(await read_answer(reader)).status for _ in range(3)] == [200] * 3
+        for byte in b"GET /health/live HTTP/1.1\r\nhost: t\r\n\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+        assert (await read_answer(reader)).status == 200
+        big = b"x-big: " + b"a" * (60 * 1024) + b"\r\n"
+        writer.write(b"GET /health/live HTTP/1.1\r\nhost: t\r\n" + big + b"\r\n")
+        assert (await read_answer(reader)).status == 200
+        body = b" " * (1024 * 1024 - 2) + b"{}"
+        writer.write(
+            b"POST /v1/runs HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(body) + body
+        )
+        answer = await asyncio.wait_for(read_answer(reader), SLACK_S)
+        assert answer.status == 400 and "spec" in answer.json()["message"]  # read, then refused for its content
+        writer.write(b"GET /v1/runs/r1 HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert (await asyncio.wait_for(read_answer(reader), SLACK_S)).status == 503
+    finally:
+        writer.close()
 
 
 # ------------------------------------------------------------------ connections
