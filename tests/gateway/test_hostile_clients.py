@@ -404,16 +404,17 @@ async def test_ordinary_clients_are_untouched(gateway):
 
 async def test_connections_past_the_cap_get_503(tmp_path):
     cap = 20
-    with gateway_process(tmp_path, GATEWAY_MAX_CONNECTIONS=str(cap)) as capped:
+    with gateway_process(tmp_path, GATEWAY_MAX_CONNECTIONS=str(cap), GATEWAY_HEAD_TIMEOUT_S="60") as capped:
         memory = Memory(capped, f"{cap} connections held, more refused")
         held = []
         try:
-            # Each held connection has had an answer, so the gateway counts it (uvicorn keeps an
-            # idle connection 5 s, far longer than this takes).
+            # Each held connection has had an answer, so the gateway counts it, then starts a
+            # second head: held until the (60 s) head deadline, not the 5 s idle timeout.
             for _ in range(cap):
                 reader, writer = await asyncio.open_connection("127.0.0.1", capped.port)
                 writer.write(b"GET /health/live HTTP/1.1\r\nhost: t\r\n\r\n")
                 assert (await asyncio.wait_for(read_answer(reader), SLACK_S)).status == 200
+                writer.write(b"GET /health/live HTTP/1.1\r\n")
                 held.append((reader, writer))
             for _ in range(5):
                 answer, _, _, closed = await send_while_unanswered(
