@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
@@ -321,41 +322,54 @@ class SqlStore(store.Store):
         return await op.future
 
     def _writer_main(self) -> None:
-        """Commit whatever is queued, a batch per transaction. A batch that fails
-        for a transient reason is held (in order) and retried with backoff before
-        anything newer; submissions meanwhile fail at once, since their callers
-        wait for an answer and will retry."""
+        """Commit whatever is queued, a batch per transaction. Writes that fail for
+        a transient reason are held, in order, and retried with exponential
+        backoff (in batches) before anything newer is written; submissions that
+        arrive meanwhile are refused at once, since their callers wait for an
+        answer and will retry."""
         held: list[_Op] = []
         backoff = WRITE_RETRY_FIRST_S
+        next_retry = 0.0
         stopping = False
         while not stopping:
+            timeout = max(0.0, next_retry - time.monotonic()) if held else None
             try:
-                op = self._queue.get(timeout=backoff if held else None)
+                first = self._queue.get(timeout=timeout)
             except queue.Empty:
-                op = None
-            batch: list[_Op] = []
-            if op is _STOP:
-                stopping = True
-            elif op is not None:
-                batch.append(op)
-            while not stopping and len(batch) < _MAX_BATCH:
+                first = None
+            incoming: list[_Op] = []
+            pending = [first] if first is not None else []
+            while True:
+                for op in pending:
+                    if op is _STOP:
+                        stopping = True
+                    else:
+                        incoming.append(op)
+                if stopping or len(incoming) >= _MAX_BATCH:
+                    break
                 try:
-                    nxt = self._queue.get_nowait()
+                    pending = [self._queue.get_nowait()]
                 except queue.Empty:
                     break
-                if nxt is _STOP:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            if held:
-                batch = held + batch
-            if not batch:
-                continue
-            held = self._commit(batch)
-            if held:
-                backoff = min(backoff * 2, self._settings.db_write_retry_max_s) if self._held else WRITE_RETRY_FIRST_S
+            if not held:
+                if incoming:
+                    held = self._commit(incoming)
+                    backoff = WRITE_RETRY_FIRST_S
+                    next_retry = time.monotonic() + backoff
             else:
-                backoff = WRITE_RETRY_FIRST_S
+                refused = [op for op in incoming if op.record is not None]
+                for op in refused:
+                    op.error = StoreError("database writes are failing; retry shortly")
+                self._resolve_soon(refused)
+                held.extend(op for op in incoming if op.record is None)
+                if stopping or time.monotonic() >= next_retry:
+                    still = self._commit(held[:_MAX_BATCH])
+                    held = still + held[_MAX_BATCH:]
+                    if still:
+                        backoff = min(backoff * 2, self._settings.db_write_retry_max_s)
+                        next_retry = time.monotonic() + backoff
+                    else:
+                        backoff, next_retry = WRITE_RETRY_FIRST_S, 0.0
             self._held = len(held)
             self._commits += 1
         if held:  # closing with writes the database never took: say so, fail them
@@ -363,6 +377,7 @@ class SqlStore(store.Store):
             for op in held:
                 op.error = StoreError("the store closed before the database took this write")
             self._resolve_soon(held)
+            self._held = 0
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
