@@ -18,6 +18,8 @@ class Settings:
     unary_timeout_s: float = 10.0
     #: Deadline of the readiness Check on the runner.
     health_timeout_s: float = 1.0
+    #: /health/deep answers are memoized this long (0 asks the runner every time).
+    deep_health_ttl_s: float = 5.0
     #: Largest request body accepted (413 beyond).
     max_body_bytes: int = 1024 * 1024
     #: Largest request head (request line and headers) accepted (431 beyond).

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2_grpc
 from gateway.errors import GatewayError, status
 from gateway.rules import HttpRule
 from gateway.settings import Settings
+from protos.runner.v1 import runner_pb2_grpc
 
 
 class Upstream:
@@ -26,6 +27,7 @@ class Upstream:
         self._channel: grpc.aio.Channel | None = None
         self._callables: dict[str, object] = {}
         self.health: health_pb2_grpc.HealthStub | None = None
+        self.runner: runner_pb2_grpc.RunnerServiceStub | None = None
 
     def channel_options(self) -> list[tuple[str, object]]:
         backoff_ms = int(self._settings.reconnect_backoff_max_s * 1000)
@@ -44,10 +46,11 @@ class Upstream:
         self._channel = grpc.aio.insecure_channel(self.target, options=self.channel_options())
         self._callables.clear()
         self.health = health_pb2_grpc.HealthStub(self._channel)
+        self.runner = runner_pb2_grpc.RunnerServiceStub(self._channel)
 
     async def close(self) -> None:
         """Close the channel; calls still in flight end CANCELLED. Idempotent."""
-        channel, self._channel, self.health = self._channel, None, None
+        channel, self._channel, self.health, self.runner = self._channel, None, None, None
         self._callables.clear()
         if channel is not None:
             await channel.close()
