@@ -7,7 +7,7 @@ import logging
 import signal
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from protos.runner.v1 import runner_pb2
@@ -57,8 +57,8 @@ class RunnerApp:
                 self.scheduler, self.store, Catalog(settings.scenario_dir), settings, self.resilience
             ),
             servicer_mod.AdminServicer(self.scheduler, settings, self.audit, self.resilience),
+            health=self.health.servicer,
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         reflection.enable_server_reflection(
             (
                 runner_pb2.DESCRIPTOR.services_by_name["RunnerService"].full_name,

@@ -25,6 +25,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2
 
 from protos import validation
 from protos.runner.v1 import runner_pb2 as pb
@@ -503,15 +504,55 @@ def add_to_server(
     server: grpc.aio.Server,
     runner: RunnerServicer,
     admin: AdminServicer,
+    health=None,
     malformed_log_interval_s: float = MALFORMED_LOG_INTERVAL_S,
 ) -> None:
     """Register RunnerService and AdminService on `server`, built from the schema's
     descriptors (in place of the generated add_*_to_server functions): request
     bytes that do not parse reach the handler as a Malformed, which answers
-    INVALID_ARGUMENT, with at most one log line per malformed_log_interval_s."""
+    INVALID_ARGUMENT, with at most one log line per malformed_log_interval_s.
+    `health` (a grpc_health aio HealthServicer) is served the same way."""
     report = RateLimitedLog(log, malformed_log_interval_s)
     for servicer in (runner, admin):
         service = pb.DESCRIPTOR.services_by_name[servicer.SERVICE_NAME]
         handlers = {method.name: _method_handler(method, servicer, report) for method in service.methods}
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-        server.add_registered_method_handlers(service.full_name, handlers)
+        _register(server, service.full_name, handlers)
+    if health is not None:
+        _register(server, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, _health_handlers(health, report))
+
+
+def _register(server: grpc.aio.Server, service_name: str, handlers: dict) -> None:
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, handlers),))
+    server.add_registered_method_handlers(service_name, handlers)
+
+
+def _health_handlers(health, report: RateLimitedLog) -> dict:
+    """grpc.health.v1.Health's Check and Watch in front of grpc's own servicer,
+    with the lenient parser: malformed bytes are INVALID_ARGUMENT, not UNKNOWN."""
+
+    async def refuse_malformed(request, context) -> None:
+        if isinstance(request, Malformed):
+            error = errors.MalformedRequest(request.type_name, request.cause)
+            await context.abort_with_status(errors.to_grpc_status(error))
+
+    async def check(request, context):
+        await refuse_malformed(request, context)
+        return await health.Check(request, context)
+
+    async def watch(request, context) -> None:
+        await refuse_malformed(request, context)
+        await health.Watch(request, context)
+
+    parse = health_pb2.HealthCheckRequest
+    return {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            check,
+            request_deserializer=lenient_parser(parse, "/grpc.health.v1.Health/Check", report),
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            watch,
+            request_deserializer=lenient_parser(parse, "/grpc.health.v1.Health/Watch", report),
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+    }

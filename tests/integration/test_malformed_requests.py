@@ -224,3 +224,31 @@ async def test_an_unexpected_error_is_internal_with_a_reference_and_logged_once(
         run = await served.stub.SubmitRun(diagnostic(ticks=0), timeout=5)
         listed = await served.stub.ListRuns(pb.ListRunsRequest(), timeout=5)
         assert [r.run_id for r in listed.runs] == [run.run_id]
+
+
+@pytest.mark.parametrize("path", ["/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"])
+async def test_malformed_bytes_to_health_on_the_runners_own_port_are_invalid_argument(runner, path, caplog):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if path.endswith("Watch"):
+            call = runner.channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+            async for _ in call(GARBAGE, timeout=5):
+                pytest.fail("no message for a malformed request")
+        else:
+            call = runner.channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+            await call(GARBAGE, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("request is not a valid grpc.health.v1.HealthCheckRequest message")
+    assert_clean(caught.value.details())
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback logged
+    # And a well-formed check still answers.
+    from grpc_health.v1 import health_pb2
+
+    reply = await runner.health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_malformed_bytes_on_the_runners_own_port_are_invalid_argument(runner):
+    err = await raw_call(
+        runner.channel, pb.DESCRIPTOR.services_by_name["RunnerService"].methods_by_name["SubmitRun"], GARBAGE
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
