@@ -18,6 +18,7 @@ import re
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
 from protos.runner.v1 import runner_pb2 as pb
 from protos.runner.v1 import runner_pb2_grpc
@@ -241,8 +242,6 @@ async def test_malformed_bytes_to_health_on_the_runners_own_port_are_invalid_arg
     assert_clean(caught.value.details())
     assert not [r for r in caplog.records if r.exc_info]  # no traceback logged
     # And a well-formed check still answers.
-    from grpc_health.v1 import health_pb2
-
     reply = await runner.health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
