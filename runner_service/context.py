@@ -17,6 +17,22 @@ from runner_service import ipc
 MAX_PROGRESS_MESSAGE_CHARS = 1000
 MAX_LOG_CHARS = 10000
 MAX_LOG_LEVEL_CHARS = 16
+INT64_MAX = 2**63 - 1
+
+
+def clean_text(value: object, limit: int) -> str:
+    """Text any store and any client can take: valid UTF-8 (a lone surrogate, as in
+    a file name that is not UTF-8, becomes U+FFFD), no NUL (PostgreSQL text refuses
+    it), at most `limit` characters."""
+    text = str(value)[:limit]
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def clamp_count(value: object) -> int:
+    """A progress count within int64 (the schema's and the store's type), never negative."""
+    return max(0, min(int(value), INT64_MAX))  # type: ignore[call-overload]
 
 
 class JobCancelled(Exception):
@@ -70,10 +86,11 @@ class JobContext:
     # ---- reporting
     def progress(self, done: int, total: int = 0, message: str = "") -> None:
         """Report cumulative progress (not a delta). Cheap; call it as often as useful."""
-        self._send(ipc.Progress(self._token, int(done), int(total), str(message)[:MAX_PROGRESS_MESSAGE_CHARS]))
+        message = clean_text(message, MAX_PROGRESS_MESSAGE_CHARS)
+        self._send(ipc.Progress(self._token, clamp_count(done), clamp_count(total), message))
 
     def log(self, message: str, level: str = "INFO") -> None:
-        self._send(ipc.Log(self._token, str(level)[:MAX_LOG_LEVEL_CHARS], str(message)[:MAX_LOG_CHARS]))
+        self._send(ipc.Log(self._token, clean_text(level, MAX_LOG_LEVEL_CHARS), clean_text(message, MAX_LOG_CHARS)))
 
     def heartbeat(self, details: Any = None) -> None:
         """Tell the runner the job is alive (progress and log calls count too)."""

@@ -117,9 +117,11 @@ class FrameReader:
         self._buffer = bytearray()
         self._max_frame = max_frame
 
-    def read_from(self, fd: int) -> tuple[list[Any], bool]:
-        """Read what is available on fd; returns (messages, eof). Raises
-        FrameTooLarge, or OSError on a broken socket."""
+    def read_from(self, fd: int) -> tuple[list[Any], bool, Exception | None]:
+        """Read what is available on fd; returns (messages, eof, error): the whole
+        messages before any broken frame, whether the peer closed its end, and
+        what was wrong with the first broken frame (FrameTooLarge, or what
+        unpickling raised). Raises OSError on a broken socket."""
         eof = False
         while True:
             try:
@@ -132,24 +134,33 @@ class FrameReader:
             self._buffer += chunk
             if len(chunk) < _READ_CHUNK:
                 break
-        return self._parse(), eof
+        messages, error = self._parse()
+        return messages, eof, error
 
-    def _parse(self) -> list[Any]:
+    def _parse(self) -> tuple[list[Any], Exception | None]:
         messages = []
         buffer = self._buffer
         start = 0
+        error: Exception | None = None
         while len(buffer) - start >= _HEADER.size:
             (size,) = _HEADER.unpack_from(buffer, start)
             if size > self._max_frame:
-                raise FrameTooLarge(f"a frame of {size} bytes (at most {self._max_frame})")
+                error = FrameTooLarge(f"a frame of {size} bytes (at most {self._max_frame})")
+                break
             end = start + _HEADER.size + size
             if len(buffer) < end:
                 break
-            messages.append(pickle.loads(memoryview(buffer)[start + _HEADER.size : end]))
+            try:
+                messages.append(pickle.loads(memoryview(buffer)[start + _HEADER.size : end]))
+            except Exception as exc:  # noqa: BLE001 - a frame that is not a message: the peer is broken
+                error = exc
+                break
             start = end
-        if start:
+        if error is not None:
+            buffer.clear()  # nothing after a broken frame can be trusted
+        elif start:
             del buffer[:start]
-        return messages
+        return messages, error
 
 
 class Outbox:

@@ -24,7 +24,7 @@ from runner_service import convert, errors, ipc, jobs
 from runner_service.progress import Hub, RunChannel
 from runner_service.runs import CancelReason, RunState, kind_of
 from runner_service.settings import parse_jobs
-from runner_service.store import RunRecord, Store, StoreError, now_us
+from runner_service.store import RunRecord, Store, StoreClosed, StoreError, now_us
 from runner_service.watchdog import Watchdog
 from runner_service.workers import HandoverFailed, Worker, WorkerPool
 
@@ -36,6 +36,11 @@ REPLAY_PAGE = 500
 # Kinds that run many simulations at once share their own concurrency limit
 # (settings.max_heavy_concurrent) so they cannot take every worker.
 HEAVY_KINDS = frozenset({"compare", "sweep"})
+# Back-pressure: past this many unwritten store writes (a job logging faster than
+# the database takes it, or a database that is down) the workers' messages are not
+# read, so jobs block on their own sockets; reading resumes below the low mark.
+WRITE_BACKLOG_HIGH = 5000
+WRITE_BACKLOG_LOW = 1000
 # A run whose hand-over to a worker fails this many times ends FAILED
 # (HANDOVER_FAILED) instead of taking worker after worker down with it.
 MAX_HANDOVER_ATTEMPTS = 3
@@ -180,6 +185,7 @@ class Scheduler:
         cancel them (stored INTERRUPTED). Queued runs stay QUEUED in the store
         and are taken again at the next start. Idempotent."""
         self.draining = True
+        self.pool.resume_reading()  # running runs must be heard to end
         running = [live.done for live in self._live.values() if live.worker is not None]
         if running:
             await asyncio.wait(running, timeout=shutdown_grace_s)
@@ -370,6 +376,14 @@ class Scheduler:
             error = final_error(state, f"run stopped: {live.cancel_reason.value}")
             self._finish(live, state, live.cancel_reason.value, error=error)
             return
+        record = live.record
+        if record.state == RunState.RUNNING:  # it was published RUNNING: say it waits again
+            now = now_us()
+            record.state, record.start_us, record.update_us = RunState.QUEUED, None, now
+            event = convert.state_event(
+                record.run_id, live.channel.next_seq(), now, RunState.QUEUED, RunState.RUNNING, "hand-over failed"
+            )
+            self._emit(live, event, {"state": RunState.QUEUED, "start_us": None, "update_us": now})
         self._queue.appendleft(live)
 
     # ------------------------------------------------------------ events
@@ -426,14 +440,15 @@ class Scheduler:
             return
         if isinstance(msg, ipc.Progress):
             now = now_us()
-            record.progress_done, record.progress_total, record.progress_message = msg.done, msg.total, msg.message
-            record.update_us = now
+            # The event first: values it refuses must not reach the record.
             event = pb.RunEvent(run_id=record.run_id, seq=live.channel.next_seq())
             event.time.FromMicroseconds(now)
             progress = event.progress
             progress.done, progress.total, progress.message = msg.done, msg.total, msg.message
             if msg.total > 0:
                 progress.fraction = min(1.0, msg.done / msg.total)
+            record.progress_done, record.progress_total, record.progress_message = msg.done, msg.total, msg.message
+            record.update_us = now
             live.pending_progress = event
             self._dirty.add(live)
             live.channel.publish(event)
@@ -442,6 +457,11 @@ class Scheduler:
             event.time.FromMicroseconds(now_us())
             event.log.level, event.log.message = msg.level, msg.message
             self._emit(live, event, None)
+            if self._store.backlog() > WRITE_BACKLOG_HIGH and not self.pool.reading_paused:
+                log.warning(
+                    "store writes are behind; pausing the workers' messages", extra={"backlog": self._store.backlog()}
+                )
+                self.pool.pause_reading()
         elif isinstance(msg, ipc.Started):
             live.started = True
         elif isinstance(msg, ipc.Done):
@@ -540,6 +560,8 @@ class Scheduler:
         timeout = self._settings.heartbeat_timeout_s
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
+            if self.pool.reading_paused:
+                continue  # nobody can be heard while the runner does not listen
             now = self.loop.time()
             for live in list(self._live.values()):
                 worker = live.worker
@@ -626,17 +648,20 @@ class Scheduler:
         try:
             await fut
         except StoreError as exc:
-            # The store gave up (it is closing, or refused the write for good): the
-            # final state is not stored, so nobody is told it. Watchers are cut off
-            # (UNAVAILABLE) and will find what the store holds when they come back.
             log.error(
                 "the final state of a run could not be stored",
                 extra={"run_id": record.run_id, "state": final["state"].name, "error": str(exc)},
             )
-            self._release_live(live, aborted=True)
-            if not live.done.done():
-                live.done.set_result(None)
-            return
+            fallback = None if isinstance(exc, StoreClosed) else await self._store_refused_final(live)
+            if fallback is None:
+                # Nothing final is stored, so nobody is told anything final. Watchers
+                # are cut off (UNAVAILABLE) and find what the store holds when they
+                # come back (a restart marks the run INTERRUPTED).
+                self._release_live(live, aborted=True)
+                if not live.done.done():
+                    live.done.set_result(None)
+                return
+            final, to_publish = fallback
         for name, value in final.items():
             setattr(record, name, value)
         channel = live.channel
@@ -646,6 +671,27 @@ class Scheduler:
         self._release_live(live)
         if not live.done.done():
             live.done.set_result(record.state)
+
+    async def _store_refused_final(self, live: LiveRun) -> tuple[dict, list[pb.RunEvent]] | None:
+        """The database refused a run's final write for good (something in it it
+        cannot hold): store a minimal final state instead, FAILED with
+        FINAL_WRITE_REFUSED, so the run still ends. None if even that fails."""
+        record = live.record
+        now = now_us()
+        error = final_error(
+            RunState.FAILED,
+            "the database refused the run's final write; its outcome could not be stored",
+            "FINAL_WRITE_REFUSED",
+        )
+        event = convert.state_event(
+            record.run_id, live.channel.next_seq(), now, RunState.FAILED, record.state, "final write refused", error
+        )
+        final = {"state": RunState.FAILED, "end_us": now, "update_us": now, "error": error.SerializeToString()}
+        try:
+            await self._store.write(record.run_id, dict(final), [convert.event_to_stored(event)])
+        except StoreError:
+            return None
+        return final, [event]
 
     def _release_live(self, live: LiveRun, aborted: bool = False) -> None:
         run_id = live.record.run_id
@@ -663,6 +709,12 @@ class Scheduler:
         while True:
             await asyncio.sleep(PROGRESS_FLUSH_S)
             self._flush_dirty()
+            if self.pool.reading_paused and self._store.backlog() < WRITE_BACKLOG_LOW:
+                log.warning("store writes caught up; reading the workers' messages again")
+                now = self.loop.time()
+                for live in self._live.values():  # they were silent because we did not listen
+                    live.last_beat = now
+                self.pool.resume_reading()
 
     def _flush_dirty(self) -> None:
         """Hand every run's written-behind events and columns to the store."""

@@ -30,6 +30,7 @@ from runner_service.store import (
     Cursor,
     PoolExhausted,
     RunRecord,
+    StoreClosed,
     StoredEvent,
     StoreError,
     StoreStatus,
@@ -136,6 +137,7 @@ class _Op:
 
 _STOP = object()
 WRITE_RETRY_FIRST_S = 0.05
+CLOSE_FLUSH_S = 5.0
 CHECKPOINT_INTERVAL_S = 0.5
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
@@ -212,6 +214,7 @@ class SqlStore(store.Store):
         self._is_sqlite = settings.database_url.startswith("sqlite")
         self._commits = 0
         self._held = 0  # writes held after a transient failure (written by the writer thread)
+        self._unsettled = 0  # writes queued or held, not yet committed or refused (event loop only)
         self._write_error = ""
         self._reads_in_flight = 0
         self._max_reads = max(1, settings.db_pool_size) + settings.db_read_queue_max
@@ -306,10 +309,14 @@ class SqlStore(store.Store):
     def write(self, run_id: str, changes: dict | None, events: Sequence[StoredEvent] = ()) -> asyncio.Future:
         op = _Op(run_id, changes, tuple(events), None, self._new_future())
         if self._closed:
-            op.future.set_exception(StoreError("store is closed"))
+            op.future.set_exception(StoreClosed("store is closed"))
             return op.future
+        self._unsettled += 1
         self._queue.put(op)
         return op.future
+
+    def backlog(self) -> int:
+        return self._unsettled
 
     def _new_future(self) -> asyncio.Future:
         assert self._loop is not None, "store not started"
@@ -317,7 +324,7 @@ class SqlStore(store.Store):
 
     async def _enqueue(self, op: _Op):
         if self._closed:
-            raise StoreError("store is closed")
+            raise StoreClosed("store is closed")
         self._queue.put(op)
         return await op.future
 
@@ -363,8 +370,15 @@ class SqlStore(store.Store):
                 self._resolve_soon(refused)
                 held.extend(op for op in incoming if op.record is None)
                 if stopping or time.monotonic() >= next_retry:
-                    still = self._commit(held[:_MAX_BATCH])
-                    held = still + held[_MAX_BATCH:]
+                    # Closing: one last try, batch after batch while the database
+                    # takes them (for a bounded time); otherwise one batch per retry.
+                    give_up_at = time.monotonic() + CLOSE_FLUSH_S
+                    still = []
+                    while held:
+                        still = self._commit(held[:_MAX_BATCH])
+                        held = still + held[_MAX_BATCH:]
+                        if still or not stopping or time.monotonic() > give_up_at:
+                            break
                     if still:
                         backoff = min(backoff * 2, self._settings.db_write_retry_max_s)
                         next_retry = time.monotonic() + backoff
@@ -375,7 +389,7 @@ class SqlStore(store.Store):
         if held:  # closing with writes the database never took: say so, fail them
             log.error("store closed with writes it could not commit", extra={"writes": len(held)})
             for op in held:
-                op.error = StoreError("the store closed before the database took this write")
+                op.error = StoreClosed("the store closed before the database took this write")
             self._resolve_soon(held)
             self._held = 0
         if self._wconn is not None:
@@ -461,11 +475,16 @@ class SqlStore(store.Store):
         self._resolve_soon(refused)
         return held
 
+    def _settle(self, ops: list[_Op]) -> None:
+        """On the event loop: resolve the futures of settled operations."""
+        self._unsettled -= sum(1 for op in ops if op.record is None)
+        _resolve(ops)
+
     def _resolve_soon(self, ops: list[_Op]) -> None:
         loop = self._loop
         if ops and loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(_resolve, ops)
+                loop.call_soon_threadsafe(self._settle, ops)
             except RuntimeError:  # loop closed meanwhile
                 pass
 

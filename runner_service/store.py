@@ -67,6 +67,10 @@ class StoreError(Exception):
     retry_after_s = 0.5
 
 
+class StoreClosed(StoreError):
+    """The store closed (the runner is shutting down) before the write was taken."""
+
+
 class CircuitOpenError(StoreError):
     """The database circuit breaker is open: the call was not attempted."""
 
@@ -158,6 +162,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise StoreError when the database cannot be reached."""
+
+    @abc.abstractmethod
+    def backlog(self) -> int:
+        """Writes accepted by write() and not yet committed (or refused): queued
+        or held. Cheap; the scheduler slows its producers down when it grows."""
 
     @abc.abstractmethod
     def status(self) -> StoreStatus:

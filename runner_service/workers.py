@@ -46,7 +46,6 @@ class Worker:
         "reader",
         "ready",
         "retiring",
-        "started",
         "token",
         "writing",
     )
@@ -61,7 +60,6 @@ class Worker:
         self.outbox = ipc.Outbox()
         self.writing = False  # a writer callback waits for the socket
         self.token = 0  # token of the run it executes, 0 when idle
-        self.started = False  # the worker confirmed it received its run
         self.ready = False
         self.alive = True
         self.killed = False  # killed by the pool: not churn
@@ -111,6 +109,7 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready_waiters: list[asyncio.Future] = []
         self._stopping = False
+        self.reading_paused = False
         self.on_idle: Callable[[], None] | None = None
 
     @property
@@ -214,7 +213,6 @@ class WorkerPool:
         pickling error when the job's parameters cannot be carried."""
         frame = ipc.encode(job)  # raises before anything is sent
         worker.token = job.token
-        worker.started = False
         if not self._write(worker, frame):
             worker.token = 0
             raise HandoverFailed(f"worker {worker.id} is gone")
@@ -227,7 +225,6 @@ class WorkerPool:
     def release(self, worker: Worker) -> None:
         """The worker finished its run and is free again."""
         worker.token = 0
-        worker.started = False
         if worker.retiring:
             self._retire(worker)
             return
@@ -262,6 +259,12 @@ class WorkerPool:
                 pass
             self._exited(worker)
 
+    def _broken(self, worker: Worker, why: str) -> None:
+        """The worker broke the protocol: kill and replace it (counted as churn);
+        its run ends FAILED with `why` (WORKER_PROTOCOL)."""
+        worker.failure = why
+        self.kill(worker, churn=True)
+
     def discard(self, worker: Worker, why: str) -> None:
         """Replace a worker whose socket broke: it cannot be trusted with a run."""
         log.warning("replacing a worker whose socket broke", extra={"worker": worker.id, "why": why})
@@ -278,6 +281,23 @@ class WorkerPool:
     @property
     def busy_count(self) -> int:
         return sum(1 for w in self._workers.values() if w.alive and w.token)
+
+    def pause_reading(self) -> None:
+        """Stop reading the workers' messages (back-pressure): a job that keeps
+        reporting blocks on its own socket until resume_reading()."""
+        if self.reading_paused:
+            return
+        self.reading_paused = True
+        for worker in self.alive_workers():
+            self.loop.remove_reader(worker.fd)
+
+    def resume_reading(self) -> None:
+        if not self.reading_paused:
+            return
+        self.reading_paused = False
+        for worker in self.alive_workers():
+            if not worker.conn.closed:
+                self.loop.add_reader(worker.fd, self._readable, worker)
 
     # ------------------------------------------------------------ the socket
 
@@ -324,19 +344,9 @@ class WorkerPool:
 
     def _readable(self, worker: Worker) -> None:
         try:
-            messages, eof = worker.reader.read_from(worker.fd)
-        except ipc.FrameTooLarge as exc:
-            log.error("a worker sent an oversized message; replacing it", extra={"worker": worker.id, "why": str(exc)})
-            worker.failure = f"the job sent a message over the limit of {self._max_frame} bytes"
-            self.kill(worker, churn=True)
-            return
+            messages, eof, error = worker.reader.read_from(worker.fd)
         except OSError:
-            messages, eof = [], True
-        except Exception as exc:  # noqa: BLE001 - an undecodable frame: the worker is broken
-            log.error("a worker sent a message that cannot be read; replacing it", extra={"worker": worker.id})
-            worker.failure = f"the worker sent a message that cannot be read ({type(exc).__name__})"
-            self.kill(worker, churn=True)
-            return
+            messages, eof, error = [], True, None
         for message in messages:
             if not worker.alive:
                 return
@@ -344,10 +354,21 @@ class WorkerPool:
                 worker.ready = True
                 self._check_ready()
                 self.release(worker)
-            else:
-                if isinstance(message, ipc.Started) and message.token == worker.token:
-                    worker.started = True
+                continue
+            try:
                 self._on_message(worker, message)
+            except Exception as exc:  # a message the runner cannot use: replace its sender
+                log.exception("a worker's message could not be used; replacing it", extra={"worker": worker.id})
+                self._broken(worker, f"the job sent a message the runner cannot use ({type(exc).__name__})")
+                return
+        if error is not None and worker.alive:
+            if isinstance(error, ipc.FrameTooLarge):
+                log.error("a worker sent an oversized message", extra={"worker": worker.id, "why": str(error)})
+                self._broken(worker, f"the job sent a message over the limit of {self._max_frame} bytes")
+            else:
+                log.error("a worker sent a message that cannot be read", extra={"worker": worker.id})
+                self._broken(worker, f"the worker sent a message that cannot be read ({type(error).__name__})")
+            return
         if eof and worker.alive:
             self.loop.remove_reader(worker.fd)  # the exit itself is seen on the sentinel
 

@@ -16,6 +16,9 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from protos.runner.v1 import runner_pb2 as pb
+from runner_service.runs import RunState
+from runner_service.sql_store import SqlStore
+from runner_service.store import RunRecord, StoredEvent, now_us
 from tests.conftest import diagnostic, events_of, final_state, non_progress
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -113,3 +116,36 @@ async def test_a_full_disk_never_reports_what_is_not_stored(start_runner, small_
     async with start_runner(database_url=database) as again:
         reread = await again.stub.GetRun(pb.GetRunRequest(run_id=run.run_id), timeout=5)
         assert reread.state == pb.SUCCEEDED and reread.result["ticks"] == 1500
+
+
+async def test_closing_the_store_commits_every_held_write_the_database_takes_again(make_settings, small_disk):
+    """More writes held than one batch (1000), space freed, then close(): the last
+    attempt goes on batch after batch, so all of them are stored."""
+    settings = make_settings(database_url=f"sqlite:///{small_disk}/store.db", db_write_retry_max_s=0.5)
+    store = SqlStore(settings)
+    await store.start()
+    now = now_us()
+    record = RunRecord(run_id="r1", kind="x", spec=b"", state=RunState.RUNNING, create_us=now, update_us=now)
+    await store.submit(record, StoredEvent("r1", 1, now, "state", b"s"))
+    ballast = small_disk / "ballast"
+    await asyncio.to_thread(fill, ballast)
+    writes = [
+        store.write("r1", {"update_us": now + i}, [StoredEvent("r1", i + 2, now, "log", b"x" * 400)])
+        for i in range(2500)
+    ]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while store.status().held_writes < 2500:
+        assert loop.time() < deadline, f"only {store.status().held_writes} writes held"
+        await asyncio.sleep(0.05)
+    assert store.backlog() == 2500
+    os.unlink(ballast)
+    await store.close()
+    await asyncio.sleep(0)
+    assert all(w.done() and w.exception() is None for w in writes)
+    reopened = SqlStore(settings)
+    await reopened.start()
+    try:
+        assert len(await reopened.list_events("r1", 0, None, 10_000)) == 2501
+    finally:
+        await reopened.close()

@@ -23,6 +23,9 @@ from tests.conftest import detail_of, diagnostic, events_of, final_state
 
 JOBS = textwrap.dedent(
     """
+    import os
+    import time
+
     from runner_service import ipc
 
     def echo_sizes(params, ctx):
@@ -34,6 +37,26 @@ JOBS = textwrap.dedent(
 
     def open_missing(params, ctx):
         open("/srv/secret-area/config/settings.json")
+
+    def odd_values(params, ctx):
+        name = os.fsdecode(b"report-\\xff.csv")  # a file name that is not UTF-8
+        ctx.log(f"processing {name}")
+        ctx.progress(2**64, 2**64, "half\\x00way")
+        ctx.log("after the odd values")
+        return {"ok": True}
+
+    def nul_behind_the_contexts_back(params, ctx):
+        ctx._send(ipc.Progress(ctx._token, 1, 2, "half\\x00way"))
+        return {"ok": True}
+
+    def log_flood(params, ctx):
+        line = "z" * 9000
+        end = time.monotonic() + float(params["seconds"])
+        lines = 0
+        while time.monotonic() < end:
+            ctx.log(line)
+            lines += 1
+        return {"lines": lines}
 
     def oversized_message(params, ctx):
         # Bypasses the context's own truncation, as a broken job could.
@@ -50,7 +73,15 @@ def job_module(tmp_path, monkeypatch):
     (package / "hjobs.py").write_text(JOBS)
     monkeypatch.setenv("PYTHONPATH", str(package))
     monkeypatch.syspath_prepend(str(package))
-    kinds = ("echo_sizes", "huge_result", "open_missing", "oversized_message")
+    kinds = (
+        "echo_sizes",
+        "huge_result",
+        "open_missing",
+        "oversized_message",
+        "odd_values",
+        "nul_behind_the_contexts_back",
+        "log_flood",
+    )
     return ",".join(f"{kind}=hjobs:{kind}" for kind in kinds)
 
 
@@ -181,6 +212,13 @@ def test_a_run_whose_hand_over_keeps_failing_ends_failed_and_does_not_block_the_
         assert done.state == pb.FAILED and reason_of(done) == "HANDOVER_FAILED", done.error.message
         assert "3 attempts" in done.error.message
         assert len(frozen) >= 3
+        states = [
+            (pb.RunState.Name(e.state_change.previous), pb.RunState.Name(e.state_change.state))
+            for e in await events_of(stub, run.run_id)
+            if e.WhichOneof("event") == "state_change"
+        ]
+        # Each failed hand-over puts the run back in the queue, and says so.
+        assert states.count(("RUNNING", "QUEUED")) == 2 and states[-1] == ("RUNNING", "FAILED")
         after = await outcome(stub, (await stub.SubmitRun(diagnostic(ticks=1), timeout=5)).run_id)
         assert after.state == pb.SUCCEEDED
 
@@ -230,3 +268,63 @@ def test_readiness_is_not_serving_while_runs_wait_and_no_worker_can_take_them(ma
         assert check.status == health_pb2.HealthCheckResponse.SERVING
 
     on_uvloop(body, make_settings(workers=1, watchdog_cooldown_threshold=100, watchdog_block_threshold=200))
+
+
+def test_odd_values_from_a_job_are_cleaned_and_nothing_is_lost(make_settings, job_module):
+    """A log line with a lone surrogate (a non-UTF-8 file name), progress over int64
+    and a NUL in a message: all stored and served, the run succeeds."""
+
+    async def body(app, stub, health):
+        done = await outcome(stub, (await stub.SubmitRun(plugin("odd_values"), timeout=5)).run_id)
+        assert done.state == pb.SUCCEEDED, done.error.message
+        assert done.progress.done == 2**63 - 1 and "\x00" not in done.progress.message
+        logs = [e.log.message for e in await events_of(stub, done.run_id) if e.WhichOneof("event") == "log"]
+        assert logs == ["processing report-\\udcff.csv", "after the odd values"]
+        listed = await stub.ListRuns(pb.ListRunsRequest(), timeout=5)
+        assert [r.run_id for r in listed.runs] == [done.run_id]
+
+    on_uvloop(body, make_settings(jobs=job_module))
+
+
+def test_a_final_write_the_database_refuses_still_ends_the_run(make_settings, job_module, postgres_url):
+    """PostgreSQL refuses a NUL in a text column for good: the run ends FAILED
+    (FINAL_WRITE_REFUSED) instead of staying RUNNING, and the worker takes the next run."""
+
+    async def body(app, stub, health):
+        run = await stub.SubmitRun(plugin("nul_behind_the_contexts_back"), timeout=5)
+        done = await outcome(stub, run.run_id)
+        assert done.state == pb.FAILED and reason_of(done) == "FINAL_WRITE_REFUSED"
+        assert not done.HasField("result")
+        after = await outcome(stub, (await stub.SubmitRun(diagnostic(ticks=1), timeout=5)).run_id)
+        assert after.state == pb.SUCCEEDED
+
+    on_uvloop(body, make_settings(jobs=job_module, database_url=postgres_url))
+
+
+def test_a_job_logging_faster_than_the_store_writes_is_slowed_not_buffered(make_settings, job_module):
+    """9 KB log lines as fast as a job can send them: the runner stops reading the
+    worker while its writes are behind, so memory stays bounded, and every line is stored."""
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+    async def body(app, stub, health):
+        before = rss_mb()
+        peak = before
+        run = await stub.SubmitRun(plugin("log_flood", seconds=4), timeout=5)
+        # (A live watcher would be cut off as too slow, by design: poll instead.)
+        done = run
+        for _ in range(600):
+            peak = max(peak, rss_mb())
+            done = await stub.GetRun(pb.GetRunRequest(run_id=run.run_id), timeout=5)
+            if done.state not in (pb.QUEUED, pb.RUNNING):
+                break
+            await asyncio.sleep(0.05)
+        assert done.state == pb.SUCCEEDED
+        lines = int(done.result["lines"])
+        stored = [e for e in await events_of(stub, run.run_id) if e.WhichOneof("event") == "log"]
+        assert len(stored) == lines > 1000
+        assert peak - before < 250, f"RSS grew {peak - before:.0f} MB"
+
+    on_uvloop(body, make_settings(jobs=job_module))
