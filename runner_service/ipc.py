@@ -1,6 +1,6 @@
 """Messages between the runner and its worker processes, and how they travel.
 
-Every message is a small frozen dataclass; a frame is a 4-byte big-endian length
+Every message is a small typed NamedTuple (immutable, and cheap to pickle); a frame is a 4-byte big-endian length
 followed by the pickled message. The runner's end of a worker's socket is
 non-blocking and driven by the event loop (`FrameReader` collects partial reads,
 `Outbox` keeps what a partial write left), so a large message never blocks the
@@ -11,11 +11,10 @@ a worker that announces a larger one is broken and gets replaced.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 _HEADER = struct.Struct("!I")
 _READ_CHUNK = 256 * 1024
@@ -24,8 +23,7 @@ _READ_CHUNK = 256 * 1024
 # ------------------------------------------------------------ runner -> worker
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RunJob:
+class RunJob(NamedTuple):
     token: int
     run_id: str
     kind: str
@@ -33,59 +31,50 @@ class RunJob:
     deadline: float | None  # seconds since the epoch
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Stop:
+class Stop(NamedTuple):
     pass
 
 
 # ------------------------------------------------------------ worker -> runner
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Ready:
+class Ready(NamedTuple):
     pid: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Started:
+class Started(NamedTuple):
     """The worker received a RunJob and is executing it: the hand-over succeeded."""
 
     token: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Heartbeat:
+class Heartbeat(NamedTuple):
     token: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Progress:
+class Progress(NamedTuple):
     token: int
     done: int
     total: int
     message: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Log:
+class Log(NamedTuple):
     token: int
     level: str
     message: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Done:
+class Done(NamedTuple):
     token: int
     result: bytes  # a serialized google.protobuf.Struct, within the result limit
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Cancelled:
+class Cancelled(NamedTuple):
     token: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Failed:
+class Failed(NamedTuple):
     token: int
     reason: str  # a stable ErrorInfo reason: JOB_FAILED, UNKNOWN_JOB_KIND, RESULT_TOO_LARGE...
     message: str  # for the client: no traceback, no server path
