@@ -42,12 +42,6 @@ class Ready(NamedTuple):
     pid: int
 
 
-class Started(NamedTuple):
-    """The worker received a RunJob and is executing it: the hand-over succeeded."""
-
-    token: int
-
-
 class Heartbeat(NamedTuple):
     token: int
 
@@ -82,7 +76,7 @@ class Failed(NamedTuple):
 
 
 ToWorker = RunJob | Stop
-FromWorker = Ready | Started | Heartbeat | Progress | Log | Done | Cancelled | Failed
+FromWorker = Ready | Heartbeat | Progress | Log | Done | Cancelled | Failed
 
 
 # ------------------------------------------------------------ framing

@@ -81,7 +81,6 @@ class LiveRun:
         "pending_progress",
         "record",
         "spec",
-        "started",
         "token",
         "unwritten",
         "unwritten_changes",
@@ -103,7 +102,6 @@ class LiveRun:
         self.done = done  # resolved with the final state once it is committed
         self.finishing = False
         self.last_beat = 0.0  # loop time of the last sign of life of its worker
-        self.started = False  # its worker confirmed the hand-over
         self.handover_failures = 0
 
 
@@ -334,7 +332,6 @@ class Scheduler:
             return
         live.token = token
         live.worker = worker
-        live.started = False
         live.last_beat = self.loop.time()
         self._by_token[token] = live
         now = now_us()
@@ -462,8 +459,6 @@ class Scheduler:
                     "store writes are behind; pausing the workers' messages", extra={"backlog": self._store.backlog()}
                 )
                 self.pool.pause_reading()
-        elif isinstance(msg, ipc.Started):
-            live.started = True
         elif isinstance(msg, ipc.Done):
             result = struct_pb2.Struct()
             result.ParseFromString(msg.result)
@@ -487,7 +482,7 @@ class Scheduler:
         if live.kill_handle is not None:
             live.kill_handle.cancel()
             live.kill_handle = None
-        if not live.started:
+        if not self.pool.has_taken(worker, live.token):
             # It died before it received the run: the run itself did nothing wrong.
             self._handover_failed(live, worker.failure or f"the worker exited (code {worker.process.exitcode})")
             self._dispatch()
@@ -568,7 +563,7 @@ class Scheduler:
                 if worker is None or live.finishing or now - live.last_beat <= timeout:
                     continue
                 silent_s = round(now - live.last_beat, 1)
-                if not live.started:
+                if not self.pool.has_taken(worker, live.token):
                     log.error("a worker did not take its run; replacing it", extra={"run_id": live.record.run_id})
                     worker.failure = f"the worker did not take the run within {silent_s:g} s"
                 else:

@@ -107,6 +107,7 @@ def _outcome(token: int, fn, params: dict, ctx: JobContext, max_result_bytes: in
 def main(
     sock,
     cancel_flag,
+    taken,
     targets: dict[str, str],
     heartbeat_s: float = 1.0,
     scenario_dir: str = "",
@@ -138,7 +139,7 @@ def main(
             return  # Stop
         token = message.token
         current[0] = token
-        send(ipc.Started(token))
+        taken.value = token  # the hand-over is complete: the runner reads this word
         try:
             fn = registry.get(message.kind)
         except KeyError:

@@ -46,16 +46,20 @@ class Worker:
         "reader",
         "ready",
         "retiring",
+        "taken",
         "token",
         "writing",
     )
 
-    def __init__(self, wid: int, process, conn, cancel_flag, max_frame: int) -> None:
+    def __init__(self, wid: int, process, conn, cancel_flag, taken, max_frame: int) -> None:
         self.id = wid
         self.process = process
         self.conn = conn
         self.fd: int = conn.fileno()
         self.cancel_flag = cancel_flag
+        # The worker writes a run's token here the moment it receives the run: a
+        # hand-over confirmation that costs no message (read only when it matters).
+        self.taken = taken
         self.reader = ipc.FrameReader(max_frame)
         self.outbox = ipc.Outbox()
         self.writing = False  # a writer callback waits for the socket
@@ -142,17 +146,26 @@ class WorkerPool:
     async def _spawn(self) -> Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         flag = self._ctx.RawValue("q", 0)
+        taken = self._ctx.RawValue("q", 0)
         wid = next(self._ids)
         process = self._ctx.Process(
             target=worker_main.main,
-            args=(child_conn, flag, self._targets, self._heartbeat_s, self._scenario_dir, self._max_result_bytes),
+            args=(
+                child_conn,
+                flag,
+                taken,
+                self._targets,
+                self._heartbeat_s,
+                self._scenario_dir,
+                self._max_result_bytes,
+            ),
             name=f"runner-worker-{wid}",
             daemon=True,
         )
         # Starting talks to the forkserver over a socket: keep it off the loop.
         await self.loop.run_in_executor(None, process.start)
         child_conn.close()
-        worker = Worker(wid, process, parent_conn, flag, self._max_frame)
+        worker = Worker(wid, process, parent_conn, flag, taken, self._max_frame)
         os.set_blocking(worker.fd, False)
         self._workers[wid] = worker
         self.loop.add_reader(worker.fd, self._readable, worker)
@@ -208,14 +221,20 @@ class WorkerPool:
 
     def assign(self, worker: Worker, job: ipc.RunJob) -> None:
         """Hand a run to an idle worker. The hand-over completes when the worker
-        answers Started. Raises HandoverFailed when the worker is gone (the caller
-        keeps the run and should replace the worker with discard()), or the
-        pickling error when the job's parameters cannot be carried."""
+        writes the run's token into its `taken` word (has_taken()). Raises
+        HandoverFailed when the worker is gone (the caller keeps the run and should
+        replace the worker with discard()), or the pickling error when the job's
+        parameters cannot be carried."""
         frame = ipc.encode(job)  # raises before anything is sent
         worker.token = job.token
         if not self._write(worker, frame):
             worker.token = 0
             raise HandoverFailed(f"worker {worker.id} is gone")
+
+    @staticmethod
+    def has_taken(worker: Worker, token: int) -> bool:
+        """Whether the worker received the run with this token (the hand-over completed)."""
+        return worker.taken.value == token
 
     def cancel(self, worker: Worker, token: int) -> None:
         """Raise the run's cancellation flag; a cooperative job stops at its next check."""
