@@ -90,8 +90,11 @@ def _migration_1(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=[runs, run_events])
 
 
-# Ordered (version, step); a step runs once, in its own transaction.
+# Ordered (version, step); each runs once, all pending ones in one transaction.
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _migration_1)]
+
+# pg_advisory_xact_lock key held while migrating ("runner" in ASCII).
+MIGRATION_LOCK_KEY = 0x72756E6E6572
 
 _RUN_COLUMNS = [c.name for c in runs.columns]
 # What a run weighs when listed: its variable-size columns.
@@ -267,16 +270,22 @@ class SqlStore(store.Store):
             conn.close()
 
     def _migrate(self) -> None:
-        assert self._engine is not None
-        with self._engine.begin() as conn:
+        """Bring the schema up to date in one transaction. On PostgreSQL it holds
+        an advisory lock for that transaction, so replicas starting together take
+        turns: the first migrates, the others find the versions applied."""
+        applied = []
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             metadata.create_all(conn, tables=[schema_version])
             done = {v for (v,) in conn.execute(sa.select(schema_version.c.version))}
-        for version, step in MIGRATIONS:
-            if version in done:
-                continue
-            with self._engine.begin() as conn:
+            for version, step in MIGRATIONS:
+                if version in done:
+                    continue
                 step(conn)
                 conn.execute(sa.insert(schema_version).values(version=version, applied_us=store.now_us()))
+                applied.append(version)
+        for version in applied:
             log.info("database migrated", extra={"schema_version": version})
 
     async def close(self) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
+import sqlalchemy as sa
 
 from runner_service import settings as settings_mod
 from runner_service.runs import RunState
@@ -192,3 +194,22 @@ async def test_list_runs_with_a_byte_budget_loads_only_what_fits(store):
     assert [r.run_id for r in await store.list_runs(2, None, None, None, 10_000_000)] == newest_first[:2]
     cursor = Cursor(made[1].create_us, made[1].run_id)
     assert [r.run_id for r in await store.list_runs(10, cursor, None, None, 10_000_000)] == [made[0].run_id]
+
+
+async def test_replicas_starting_together_on_a_fresh_postgresql_migrate_once(postgres_url):
+    """What compose and a Deployment do at first start: every store opens at the same
+    moment; the advisory lock makes them take turns, none fails."""
+    settings = settings_mod.from_env({"RUNNER_PROFILE": "testing"}, database_url=postgres_url, db_pool_size=1)
+    stores = [SqlStore(settings) for _ in range(6)]
+    try:
+        await asyncio.gather(*(s.start() for s in stores))
+        first = record()
+        await stores[0].submit(first, event(first.run_id, 1))
+        assert (await stores[-1].get_run(first.run_id)).run_id == first.run_id
+    finally:
+        for s in stores:
+            await s.close()
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM schema_version")).scalar() == 1
+    engine.dispose()
