@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import functools
 import json
 import logging
@@ -18,6 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import IO
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -225,6 +227,7 @@ class SqlStore(store.Store):
         self._slow_waiting = 0
         self.breaker = CircuitBreaker(settings.db_breaker_failure_threshold, settings.db_breaker_reset_timeout_s)
         self._checkpoint_stop = threading.Event()
+        self._replica_lock: IO[bytes] | None = None
         self._checkpoint_thread: threading.Thread | None = None
 
     @property
@@ -237,6 +240,8 @@ class SqlStore(store.Store):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._slow = asyncio.Semaphore(max(1, self._settings.slow_query_concurrency))
+        if self._is_sqlite:
+            self._replica_lock = _lock_sqlite_for_one_runner(self._settings.database_url)
         self._engine = make_engine(self._settings.database_url, self._settings)
         await self._loop.run_in_executor(self._readers, self._migrate)
         self._writer = threading.Thread(target=self._writer_main, name="store-writer", daemon=True)
@@ -304,6 +309,9 @@ class SqlStore(store.Store):
         self._reader_conns.clear()
         if self._engine is not None:
             self._engine.dispose()
+        if self._replica_lock is not None:
+            self._replica_lock.close()  # releases the lock
+            self._replica_lock = None
 
     # ------------------------------------------------------------ writes
 
@@ -724,6 +732,27 @@ class SqlStore(store.Store):
     @staticmethod
     def _ping(conn: sa.Connection) -> None:
         conn.execute(sa.text("SELECT 1"))
+
+
+def _lock_sqlite_for_one_runner(url: str) -> IO[bytes] | None:
+    """SQLite serves one runner: hold an exclusive lock on `<database>.lock` for the
+    store's life (the operating system drops it if the process dies, kill -9
+    included). A second runner on the same file is refused with a clear error."""
+    path = sa.engine.make_url(url).database
+    if not path or path == ":memory:":
+        return None
+    lock_path = os.path.abspath(path) + ".lock"
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    handle = open(lock_path, "ab")  # noqa: SIM115 - held open for the store's life
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreError(
+            f"another runner already uses the SQLite database {path}: SQLite serves one runner; "
+            "run several replicas on PostgreSQL (RUNNER_DATABASE_URL=postgresql+psycopg://...)"
+        ) from None
+    return handle
 
 
 def describe(exc: BaseException) -> str:

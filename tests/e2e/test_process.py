@@ -255,3 +255,25 @@ async def test_sigterm_drains_and_stores_the_running_run_interrupted(spawn, tmp_
     )
     last = pb.RunEvent.FromString(payload)
     assert last.state_change.state == pb.INTERRUPTED and last.state_change.previous == pb.RUNNING
+
+
+async def test_a_second_runner_on_the_same_sqlite_file_is_refused_with_a_clear_message(spawn, tmp_path):
+    db = tmp_path / "one.db"
+    first = await spawn(db)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    env.update(
+        RUNNER_LISTEN=f"127.0.0.1:{free_port()}",
+        RUNNER_DATABASE_URL=f"sqlite:///{db}",
+        RUNNER_PROFILE="testing",
+        RUNNER_WORKERS="1",
+        GRPC_VERBOSITY="ERROR",
+    )
+    second = subprocess.run(
+        [sys.executable, "-m", "runner_service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert second.returncode == 1
+    assert "another runner already uses the SQLite database" in second.stderr
+    assert "PostgreSQL" in second.stderr
+    # The first one serves on, untouched.
+    run = await first.stub.SubmitRun(diagnostic(ticks=1), timeout=5)
+    assert final_state(await events_of(first.stub, run.run_id)) == pb.SUCCEEDED
