@@ -144,6 +144,7 @@ class Scheduler:
         self._liveness: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
+        self._held_back = False  # the workers are not read until the store catches up
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -454,10 +455,11 @@ class Scheduler:
             event.time.FromMicroseconds(now_us())
             event.log.level, event.log.message = msg.level, msg.message
             self._emit(live, event, None)
-            if self._store.backlog() > WRITE_BACKLOG_HIGH and not self.pool.reading_paused:
+            if self._store.backlog() > WRITE_BACKLOG_HIGH and not self._held_back:
                 log.warning(
                     "store writes are behind; pausing the workers' messages", extra={"backlog": self._store.backlog()}
                 )
+                self._held_back = True
                 self.pool.pause_reading()
         elif isinstance(msg, ipc.Done):
             result = struct_pb2.Struct()
@@ -704,7 +706,8 @@ class Scheduler:
         while True:
             await asyncio.sleep(PROGRESS_FLUSH_S)
             self._flush_dirty()
-            if self.pool.reading_paused and self._store.backlog() < WRITE_BACKLOG_LOW:
+            if self._held_back and self._store.backlog() < WRITE_BACKLOG_LOW:
+                self._held_back = False
                 log.warning("store writes caught up; reading the workers' messages again")
                 now = self.loop.time()
                 for live in self._live.values():  # they were silent because we did not listen

@@ -394,7 +394,8 @@ class WorkerPool:
     def _exited(self, worker: Worker) -> None:
         if not worker.alive:
             return
-        worker.alive = False
+        worker.alive = False  # from here on it is handed nothing, even if a run ends below
+        self._drain(worker)
         self._forget(worker)
         churn = not worker.killed and not worker.retiring and not self._stopping
         if churn:
@@ -410,6 +411,24 @@ class WorkerPool:
             task = self.loop.create_task(self._respawn(delay), name=f"respawn-worker-{worker.id}")
             task.add_done_callback(_log_failure)
         self._check_ready()
+
+    def _drain(self, worker: Worker) -> None:
+        """Deliver what an exited worker wrote before it died (a Done sent just
+        before the end): its run ends as it really did, not as a crash."""
+        if worker.conn.closed:
+            return
+        try:
+            messages, _, _ = worker.reader.read_from(worker.fd)
+        except OSError:
+            return
+        for message in messages:
+            if isinstance(message, ipc.Ready):
+                continue
+            try:
+                self._on_message(worker, message)
+            except Exception:  # the worker is gone anyway; its run ends as a crash
+                log.exception("a message of an exited worker could not be used", extra={"worker": worker.id})
+                return
 
     def _forget(self, worker: Worker) -> None:
         worker.alive = False

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.runner.v1 import runner_pb2 as pb
 from protos.runner.v1 import runner_pb2_grpc
 from runner_service.server import RunnerApp
-from tests.conftest import detail_of, diagnostic, events_of, final_state
+from tests.conftest import detail_of, diagnostic, events_of, final_state, wait_for_state
 
 JOBS = textwrap.dedent(
     """
@@ -58,6 +58,13 @@ JOBS = textwrap.dedent(
             lines += 1
         return {"lines": lines}
 
+    def done_then_exit(params, ctx):
+        from runner_service import worker_main
+
+        time.sleep(float(params.get("delay_s", 0)))
+        ctx._send(ipc.Done(ctx._token, worker_main.result_bytes({"ok": True})))
+        os._exit(3)
+
     def oversized_message(params, ctx):
         # Bypasses the context's own truncation, as a broken job could.
         ctx._send(ipc.Log(ctx._token, "INFO", "y" * 3_000_000))
@@ -81,6 +88,7 @@ def job_module(tmp_path, monkeypatch):
         "odd_values",
         "nul_behind_the_contexts_back",
         "log_flood",
+        "done_then_exit",
     )
     return ",".join(f"{kind}=hjobs:{kind}" for kind in kinds)
 
@@ -328,3 +336,28 @@ def test_a_job_logging_faster_than_the_store_writes_is_slowed_not_buffered(make_
         assert peak - before < 250, f"RSS grew {peak - before:.0f} MB"
 
     on_uvloop(body, make_settings(jobs=job_module))
+
+
+def test_what_a_worker_wrote_before_it_died_is_delivered(make_settings, job_module):
+    """A Done written just before the worker process exits: the run ends SUCCEEDED
+    with its result, whichever of the exit and the message the runner notices first."""
+
+    async def body(app, stub, health):
+        pool = app.scheduler.pool
+        for _ in range(3):
+            done = await outcome(stub, (await stub.SubmitRun(plugin("done_then_exit"), timeout=5)).run_id)
+            assert done.state == pb.SUCCEEDED, done.error.message
+            assert dict(done.result) == {"ok": True}
+        # The exit noticed first, for sure: the runner is not reading when the Done arrives.
+        run = await stub.SubmitRun(plugin("done_then_exit", delay_s=0.5), timeout=5)
+        await wait_for_state(stub, run.run_id, pb.RUNNING)
+        pool.pause_reading()
+        try:
+            done = await outcome(stub, run.run_id)
+        finally:
+            pool.resume_reading()
+        assert done.state == pb.SUCCEEDED, done.error.message
+        after = await outcome(stub, (await stub.SubmitRun(diagnostic(ticks=1), timeout=5)).run_id)
+        assert after.state == pb.SUCCEEDED
+
+    on_uvloop(body, make_settings(jobs=job_module, watchdog_cooldown_threshold=100, watchdog_block_threshold=200))
