@@ -370,9 +370,7 @@ class Scheduler:
             )
             return
         if live.cancel_reason is not None:
-            state = live.cancel_reason.final_state
-            error = final_error(state, f"run stopped: {live.cancel_reason.value}")
-            self._finish(live, state, live.cancel_reason.value, error=error)
+            self._finish_stopped(live, live.cancel_reason)
             return
         record = live.record
         if record.state == RunState.RUNNING:  # it was published RUNNING: say it waits again
@@ -466,9 +464,7 @@ class Scheduler:
             result.ParseFromString(msg.result)
             self._finish(live, RunState.SUCCEEDED, "completed", result=result)
         elif isinstance(msg, ipc.Cancelled):
-            reason = live.cancel_reason or CancelReason.CLIENT_REQUEST
-            state = reason.final_state
-            self._finish(live, state, reason.value, error=final_error(state, f"run stopped: {reason.value}"))
+            self._finish_stopped(live, live.cancel_reason or CancelReason.CLIENT_REQUEST)
         elif isinstance(msg, ipc.Failed):
             if msg.detail:
                 log.warning("job failed", extra={"run_id": record.run_id, "reason": msg.reason, "detail": msg.detail})
@@ -498,9 +494,7 @@ class Scheduler:
             error = final_error(RunState.FAILED, f"the run's worker was replaced: {worker.failure}", "WORKER_PROTOCOL")
             self._finish(live, RunState.FAILED, "worker replaced", error=error)
         elif worker.killed and live.cancel_reason is not None:
-            state = live.cancel_reason.final_state
-            message = f"run stopped: {live.cancel_reason.value} (the job ignored cancellation; its worker was killed)"
-            self._finish(live, state, live.cancel_reason.value, error=final_error(state, message))
+            self._finish_stopped(live, live.cancel_reason, " (the job ignored cancellation; its worker was killed)")
         else:
             error = final_error(
                 RunState.FAILED, f"the worker process died (exit code {worker.process.exitcode})", "WORKER_CRASHED"
@@ -536,10 +530,7 @@ class Scheduler:
             record.cancel_requested = True
             self._store.write(record.run_id, {"cancel_requested": True})
         if live.worker is None:  # still queued
-            state = live.cancel_reason.final_state
-            self._finish(
-                live, state, live.cancel_reason.value, error=final_error(state, f"run stopped: {reason.value}")
-            )
+            self._finish_stopped(live, live.cancel_reason)
             return
         self.pool.cancel(live.worker, live.token)
         if live.kill_handle is None:
@@ -594,6 +585,11 @@ class Scheduler:
         await self.pool.wait_ready(timeout_s=30.0)
 
     # ------------------------------------------------------------ the end of a run
+
+    def _finish_stopped(self, live: LiveRun, reason: CancelReason, note: str = "") -> None:
+        """End a run stopped for `reason` in the state that reason stands for."""
+        state = reason.final_state
+        self._finish(live, state, reason.value, error=final_error(state, f"run stopped: {reason.value}{note}"))
 
     def _finish(self, live: LiveRun, state: RunState, reason: str, result=None, error=None) -> None:
         """The single place a run gets its final state: persist it, then publish it.
