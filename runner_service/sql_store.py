@@ -240,8 +240,9 @@ class SqlStore(store.Store):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._slow = asyncio.Semaphore(max(1, self._settings.slow_query_concurrency))
-        if self._is_sqlite:
-            self._replica_lock = _lock_sqlite_for_one_runner(self._settings.database_url)
+        if self._is_sqlite:  # file I/O: off the event loop, like everything below
+            url = self._settings.database_url
+            self._replica_lock = await self._loop.run_in_executor(self._readers, _lock_sqlite_for_one_runner, url)
         self._engine = make_engine(self._settings.database_url, self._settings)
         await self._loop.run_in_executor(self._readers, self._migrate)
         self._writer = threading.Thread(target=self._writer_main, name="store-writer", daemon=True)
