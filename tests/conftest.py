@@ -149,6 +149,22 @@ def database_url(request, tmp_path):
 # ------------------------------------------------------------ helpers for integration and e2e tests
 
 
+def runner_env(database: str, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a runner process for a test: this environment without any
+    RUNNER_* variable, then a loopback port, a SQLite file, the testing profile and
+    one worker; `extra` wins."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    env.update(
+        RUNNER_LISTEN=f"127.0.0.1:{port}",
+        RUNNER_DATABASE_URL=f"sqlite:///{database}",
+        RUNNER_PROFILE="testing",
+        RUNNER_WORKERS="1",
+        GRPC_VERBOSITY="ERROR",
+    )
+    env.update(extra)
+    return env
+
+
 def rich_status(err: grpc.aio.AioRpcError):
     """The google.rpc.Status an error carries in its trailers (fails the test if none)."""
     from grpc_status import rpc_status

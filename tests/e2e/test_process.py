@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.runner.v1 import runner_pb2 as pb
 from protos.runner.v1 import runner_pb2_grpc
-from tests.conftest import detail_of, diagnostic, events_of, final_state, rich_status, wait_for_state
+from tests.conftest import detail_of, diagnostic, events_of, final_state, rich_status, runner_env, wait_for_state
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -111,15 +111,7 @@ async def spawn(tmp_path):
 
     async def start(db: pathlib.Path, **extra_env: str) -> RunnerProcess:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
-        env.update(
-            RUNNER_LISTEN=f"127.0.0.1:{port}",
-            RUNNER_DATABASE_URL=f"sqlite:///{db}",
-            RUNNER_PROFILE="testing",
-            RUNNER_WORKERS="1",
-            GRPC_VERBOSITY="ERROR",
-        )
-        env.update(extra_env)
+        env = runner_env(str(db), port, **extra_env)
         n = len(started)
         stderr = tmp_path / f"runner-{n}.err"
         with open(tmp_path / f"runner-{n}.out", "wb") as out, open(stderr, "wb") as err:
@@ -260,14 +252,7 @@ async def test_sigterm_drains_and_stores_the_running_run_interrupted(spawn, tmp_
 async def test_a_second_runner_on_the_same_sqlite_file_is_refused_with_a_clear_message(spawn, tmp_path):
     db = tmp_path / "one.db"
     first = await spawn(db)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
-    env.update(
-        RUNNER_LISTEN=f"127.0.0.1:{free_port()}",
-        RUNNER_DATABASE_URL=f"sqlite:///{db}",
-        RUNNER_PROFILE="testing",
-        RUNNER_WORKERS="1",
-        GRPC_VERBOSITY="ERROR",
-    )
+    env = runner_env(str(db), free_port())
     second = subprocess.run(
         [sys.executable, "-m", "runner_service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pathlib
 import signal
 import socket
@@ -20,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.runner.v1 import runner_pb2 as pb
 from protos.runner.v1 import runner_pb2_grpc
-from tests.conftest import events_of, final_state
+from tests.conftest import events_of, final_state, runner_env
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -44,15 +43,7 @@ async def test_a_scenario_from_runner_scenario_dir_runs_in_a_worker(tmp_path):
     directory.mkdir()
     (directory / "certain.json").write_text(json.dumps(OPERATOR_SCENARIO))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
-    env.update(
-        RUNNER_LISTEN=f"127.0.0.1:{port}",
-        RUNNER_DATABASE_URL=f"sqlite:///{tmp_path}/runner.db",
-        RUNNER_PROFILE="testing",
-        RUNNER_WORKERS="1",
-        RUNNER_SCENARIO_DIR=str(directory),
-        GRPC_VERBOSITY="ERROR",
-    )
+    env = runner_env(f"{tmp_path}/runner.db", port, RUNNER_SCENARIO_DIR=str(directory))
     stderr = tmp_path / "runner.err"
     with open(stderr, "wb") as err:
         proc = subprocess.Popen(

@@ -42,11 +42,17 @@ def test_opens_after_consecutive_failures_fails_fast_then_one_probe_closes_it():
     assert cb.status().state == breaker.CLOSED and cb.status().opened_total == 1
 
 
-def test_a_failed_probe_opens_it_again_for_a_full_reset_timeout():
-    clock = Clock()
-    cb = breaker.CircuitBreaker(failure_threshold=1, reset_timeout_s=2.0, clock=clock)
+def tripped(clock: Clock, reset_timeout_s: float) -> breaker.CircuitBreaker:
+    """A breaker opened by one failure."""
+    cb = breaker.CircuitBreaker(failure_threshold=1, reset_timeout_s=reset_timeout_s, clock=clock)
     cb.before_call()
     cb.record_failure("x")
+    return cb
+
+
+def test_a_failed_probe_opens_it_again_for_a_full_reset_timeout():
+    clock = Clock()
+    cb = tripped(clock, 2.0)
     clock.now += 2.0
     assert cb.before_call() is True
     cb.record_failure("still down")
@@ -57,9 +63,7 @@ def test_a_failed_probe_opens_it_again_for_a_full_reset_timeout():
 
 def test_a_cancelled_probe_lets_the_next_call_probe():
     clock = Clock()
-    cb = breaker.CircuitBreaker(failure_threshold=1, reset_timeout_s=1.0, clock=clock)
-    cb.before_call()
-    cb.record_failure("x")
+    cb = tripped(clock, 1.0)
     clock.now += 1.0
     assert cb.before_call() is True
     cb.release_probe()
