@@ -17,7 +17,8 @@ COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY runner_service ./runner_service
 COPY gateway ./gateway
-RUN /opt/venv/bin/pip install --no-compile ".[postgres,fast]"
+# Bytecode is compiled here: the root filesystem may be read-only at run time.
+RUN /opt/venv/bin/pip install ".[postgres,fast]"
 
 FROM python:${PYTHON_VERSION}-slim
 # tini as PID 1: forwards SIGTERM to the service and reaps any orphaned worker process.
