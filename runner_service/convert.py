@@ -24,6 +24,7 @@ def run_to_proto(record: RunRecord) -> pb.Run:
         run_id=record.run_id,
         state=_proto_state(record.state),
         attempt=record.attempt,
+        max_attempts=record.max_attempts,
         cancel_requested=record.cancel_requested,
         request_id=record.request_id or "",
         labels=record.labels,
@@ -216,5 +217,6 @@ def same_submission(record: RunRecord, request: pb.SubmitRunRequest) -> bool:
     return (
         dict(record.labels) == dict(request.labels)
         and record.timeout_ms == timeout_ms_of(request)
+        and record.max_attempts == max(1, request.max_attempts)
         and canonical_spec(pb.RunSpec.FromString(record.spec)) == canonical_spec(request.spec)
     )

@@ -17,20 +17,20 @@ import uuid
 from collections.abc import AsyncIterator
 
 from google.protobuf import struct_pb2
-from google.rpc import code_pb2, status_pb2
 
 from protos.runner.v1 import runner_pb2 as pb
-from runner_service import convert, errors, ipc, jobs
+from runner_service import convert, coordination, endings, errors, ipc, jobs
+from runner_service.endings import final_error
+from runner_service.notifications import RECONNECTED
 from runner_service.progress import Hub, RunChannel
 from runner_service.runs import CancelReason, RunState, kind_of
 from runner_service.settings import parse_jobs
-from runner_service.store import RunRecord, Store, StoreClosed, StoreError, now_us
+from runner_service.store import QueueLimitReached, RunRecord, Store, StoreClosed, StoreError, now_us
 from runner_service.watchdog import Watchdog
 from runner_service.workers import HandoverFailed, Worker, WorkerPool
 
 log = logging.getLogger(__name__)
 
-PROGRESS_FLUSH_S = 0.1
 STATE_FLUSH_S = 0.005
 REPLAY_PAGE = 500
 # Kinds that run many simulations at once share their own concurrency limit
@@ -44,23 +44,8 @@ WRITE_BACKLOG_LOW = 1000
 # A run whose hand-over to a worker fails this many times ends FAILED
 # (HANDOVER_FAILED) instead of taking worker after worker down with it.
 MAX_HANDOVER_ATTEMPTS = 3
-
-_FINAL_CODES = {
-    RunState.CANCELLED: code_pb2.CANCELLED,
-    RunState.DEADLINE_EXCEEDED: code_pb2.DEADLINE_EXCEEDED,
-    RunState.INTERRUPTED: code_pb2.ABORTED,
-    RunState.FAILED: code_pb2.UNKNOWN,
-}
-_FINAL_REASONS = {
-    RunState.CANCELLED: "CANCELLED",
-    RunState.DEADLINE_EXCEEDED: "RUN_DEADLINE_EXCEEDED",
-    RunState.INTERRUPTED: "INTERRUPTED",
-    RunState.FAILED: "JOB_FAILED",
-}
-
-
-def final_error(state: RunState, message: str, reason: str | None = None) -> status_pb2.Status:
-    return errors.error_status(message, reason or _FINAL_REASONS[state], _FINAL_CODES[state])
+# Cancel notifications for runs not (yet) adopted here: a claim may be in flight.
+EARLY_CANCELS_MAX = 1000
 
 
 def _retrieve(task: asyncio.Task) -> None:
@@ -105,6 +90,94 @@ class LiveRun:
         self.handover_failures = 0
 
 
+class Mirror:
+    """A run held by another replica (or still queued), followed from the database
+    for the watchers here: one reader per run, however many watch it, woken by the
+    database's notifications and polling meanwhile. Its channel gives the watchers
+    the guarantees of a run held here (seq order, conflated progress, bounded queues)."""
+
+    def __init__(self, scheduler: Scheduler, run_id: str) -> None:
+        self._scheduler = scheduler
+        self.run_id = run_id
+        self.stopped = False
+        self._wake = asyncio.Event()
+        self._channel: asyncio.Future[RunChannel | None] = scheduler.loop.create_future()
+        self._task = scheduler.loop.create_task(self._follow(), name=f"mirror-{run_id}")
+        self._task.add_done_callback(self._ended)
+
+    async def opened(self) -> RunChannel | None:
+        """The channel to subscribe to; None when the run has ended (replay it).
+        Raises NotFound."""
+        return await asyncio.shield(self._channel)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, aborted: bool = False) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self._task.cancel()
+            if self._channel.done() and not self._channel.cancelled() and self._channel.exception() is None:
+                channel = self._channel.result()
+                if channel is not None:
+                    channel.close(aborted)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        self.stopped = True
+        if self._scheduler._mirrors.get(self.run_id) is self:
+            del self._scheduler._mirrors[self.run_id]
+        if not self._channel.done():
+            self._channel.set_exception(errors.Draining())
+            self._channel.exception()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("following a run failed", exc_info=task.exception(), extra={"run_id": self.run_id})
+            channel = self._channel.result() if self._channel.exception() is None else None
+            if channel is not None:
+                channel.close(aborted=True)
+
+    async def _follow(self) -> None:
+        scheduler = self._scheduler
+        store = scheduler._store
+        try:
+            record = await store.get_run(self.run_id)
+        except StoreError as exc:
+            self._channel.set_exception(exc)
+            return
+        if record is None:
+            self._channel.set_exception(errors.NotFound(f"run {self.run_id!r} not found"))
+            return
+        if record.state.terminal:
+            self._channel.set_result(None)
+            return
+        settings = scheduler._settings
+        channel = RunChannel(
+            self.run_id, record.last_seq, settings.watcher_queue_size, (), settings.watch_progress_interval_s
+        )
+        self._channel.set_result(channel)
+        last = record.last_seq
+        while True:
+            self._wake.clear()
+            try:
+                page = await store.list_events(self.run_id, last, None, REPLAY_PAGE)
+            except StoreError:
+                page = []  # the database is failing: try again at the next poll
+            for stored in page:
+                event = convert.stored_to_event(stored)
+                channel.last_seq = event.seq
+                channel.publish(event)
+                channel.mark_persisted(event.seq)
+                last = event.seq
+                if event.WhichOneof("event") == "state_change" and RunState(event.state_change.state).terminal:
+                    channel.close()
+                    return
+            if len(page) == REPLAY_PAGE:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), settings.claim_poll_s)
+            except TimeoutError:
+                pass
+
+
 class Scheduler:
     def __init__(self, settings, store: Store, hub: Hub, job_targets: dict[str, str] | None = None) -> None:
         self._settings = settings
@@ -145,6 +218,15 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
         self._held_back = False  # the workers are not read until the store catches up
+        # The queue in the database (replicas): this process holds only the runs it
+        # executes; _queue holds runs it claimed that wait for a worker.
+        self._shared = settings.queue_in_database
+        self._claiming: asyncio.Task | None = None
+        self._claim_again = False
+        self._claim_failing = False
+        self._mirrors: dict[str, Mirror] = {}
+        self._early_cancels: collections.OrderedDict[str, bool] = collections.OrderedDict()
+        self._poller: asyncio.Task | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -155,17 +237,48 @@ class Scheduler:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        interrupted, queued = await self._store.recover(self._settings.replica, self._interrupted_on_restart)
-        if interrupted:
-            log.warning("runs interrupted by a previous process marked INTERRUPTED", extra={"runs": len(interrupted)})
-        for record in queued:
-            self._adopt(record)
+        if self._shared:
+            await self._recover_shared()
+        else:
+            interrupted, queued = await self._store.recover(self._settings.replica, self._interrupted_on_restart)
+            if interrupted:
+                log.warning(
+                    "runs interrupted by a previous process marked INTERRUPTED", extra={"runs": len(interrupted)}
+                )
+            for record in queued:
+                self._adopt(record)
         await self.pool.start()
         self._flusher = self.loop.create_task(self._flush_progress_forever(), name="progress-flusher")
         self._flusher.add_done_callback(self._supervise)
         self._liveness = self.loop.create_task(self._check_liveness_forever(), name="liveness-check")
         self._liveness.add_done_callback(self._supervise)
+        if self._shared:
+            channels = (coordination.CHANNEL_RUNS, coordination.CHANNEL_CANCEL, coordination.CHANNEL_EVENTS)
+            self._store.listen(channels, self._on_notifications)
+            self._poller = self.loop.create_task(self._poll_forever(), name="queue-poller")
+            self._poller.add_done_callback(self._supervise)
         self._dispatch()
+
+    async def _recover_shared(self) -> None:
+        """Runs a previous process of this replica left RUNNING end INTERRUPTED (or
+        go back to the queue where they allow another attempt). Queued runs stay in
+        the database for whichever replica claims them."""
+        while True:
+            moved = await self._store.coordinate(
+                coordination.rescue,
+                500,
+                endings.REQUEUED_RESTART,
+                endings.RESTARTED,
+                endings.CANCELLED_LOST,
+                self._settings.replica,
+            )
+            if moved:
+                log.warning(
+                    "runs left running by a previous process of this replica recovered",
+                    extra={"runs": len(moved), "requeued": sum(r.state == RunState.QUEUED for r in moved)},
+                )
+            if len(moved) < 500:
+                return
 
     def _interrupted_on_restart(self, record: RunRecord):
         now = now_us()
@@ -194,10 +307,17 @@ class Scheduler:
         pending = [live.done for live in self._live.values() if live.finishing or live.worker is not None]
         if pending:
             await asyncio.wait(pending, timeout=self._settings.cancel_grace_s + 2.0)
+        if self._shared:  # claimed, never started: back to the queue for the other replicas
+            for live in list(self._queue):
+                self._requeue(live, "replica shutting down", count_attempt=False)
+            if self._claiming is not None:
+                await asyncio.wait([self._claiming], timeout=5.0)
         for live in list(self._queue):  # stays QUEUED in the store; its watchers must reconnect
             self._release_live(live, aborted=True)
         self._queue.clear()
-        for task in (self._flusher, self._liveness):
+        for mirror in list(self._mirrors.values()):
+            mirror.stop(aborted=True)
+        for task in (self._flusher, self._liveness, self._poller):
             if task is not None:
                 task.cancel()
                 try:
@@ -228,7 +348,7 @@ class Scheduler:
         if rid is not None and rid in self._by_request_id:
             return self._by_request_id[rid].record, False
         waiting = len(self._queue) + self._reserved
-        if waiting >= self._settings.max_queued + self.pool.idle_count:
+        if not self._shared and waiting >= self._settings.max_queued + self.pool.idle_count:
             # A retry of a submission that was already accepted is not new work.
             existing = await self._store.get_run_by_request_id(rid) if rid is not None else None
             if existing is not None:
@@ -245,8 +365,9 @@ class Scheduler:
             request_id=rid,
             labels=dict(request.labels),
             timeout_ms=request.timeout.ToMilliseconds() if request.HasField("timeout") else None,
-            replica=self._settings.replica,
+            replica="" if self._shared else self._settings.replica,
             last_seq=1,
+            max_attempts=max(1, request.max_attempts),
         )
         first = convert.state_event(record.run_id, 1, now, RunState.QUEUED, None, "submitted")
         self._reserved += 1
@@ -257,12 +378,19 @@ class Scheduler:
         return await asyncio.shield(task)
 
     async def _store_and_enqueue(self, record: RunRecord, spec: pb.RunSpec, first: pb.RunEvent):
+        # With the queue in the database, admission counts it there (all replicas).
+        limit = self._settings.max_queued + self.pool.idle_count if self._shared else None
         try:
-            stored, created = await self._store.submit(record, convert.event_to_stored(first))
+            stored, created = await self._store.submit(record, convert.event_to_stored(first), limit)
+        except QueueLimitReached as exc:
+            raise errors.QueueFull(exc.waiting) from None
         finally:
             self._reserved -= 1
         if not created:
             return stored, False
+        if self._shared:  # whichever replica has a free worker claims it
+            self._dispatch()
+            return dataclasses.replace(stored, labels=dict(stored.labels)), True
         # The caller gets the run as accepted (QUEUED), whatever happens next.
         accepted = dataclasses.replace(stored, labels=dict(stored.labels))
         self._adopt(stored, spec, first)
@@ -287,6 +415,12 @@ class Scheduler:
     # ------------------------------------------------------------ dispatch
 
     def _dispatch(self) -> None:
+        self._start_waiting()
+        if self._shared and not self.draining and self.pool.idle_count > len(self._queue):
+            self._request_claim()
+
+    def _start_waiting(self) -> None:
+        """Start the runs waiting here while workers are free."""
         while self._queue and not self.draining:
             worker = self.pool.idle()
             if worker is None:
@@ -296,6 +430,108 @@ class Scheduler:
                 self.pool.keep_idle(worker)
                 return
             self._start(live, worker)
+
+    # ------------------------------------------------------------ claiming (queue in the database)
+
+    def _request_claim(self) -> None:
+        if self._claiming is not None:
+            self._claim_again = True
+            return
+        self._claiming = self.loop.create_task(self._claim_while_free(), name="claim")
+        self._claiming.add_done_callback(self._claim_done)
+
+    def _claim_done(self, task: asyncio.Task) -> None:
+        self._claiming = None
+        self._supervise(task)
+
+    async def _claim_while_free(self) -> None:
+        """Claim queued runs from the database while this replica has free workers:
+        oldest first, heavy kinds within their limit here."""
+        while not self.draining:
+            self._claim_again = False
+            free = self.pool.idle_count - len(self._queue)
+            if free <= 0:
+                return
+            heavy_free = self._settings.max_heavy_concurrent - sum(
+                1 for live in self._live.values() if live.record.kind in HEAVY_KINDS
+            )
+            try:
+                records = await self._claim(free, heavy_free)
+            except StoreError as exc:
+                if not self._claim_failing:
+                    log.warning("cannot claim queued runs; polling", extra={"error": str(exc)})
+                self._claim_failing = True
+                return
+            if self._claim_failing:
+                log.info("claiming queued runs again")
+                self._claim_failing = False
+            for record in records:
+                live = self._adopt(record)
+                if self._early_cancels.pop(record.run_id, False) or record.cancel_requested:
+                    self._request_cancel(live, CancelReason.CLIENT_REQUEST)
+            if records:
+                self._start_waiting()
+            if len(records) < free and not self._claim_again:
+                return
+
+    async def _claim(self, free: int, heavy_free: int) -> list[RunRecord]:
+        replica = self._settings.replica
+        if heavy_free >= free:
+            return await self._store.coordinate(coordination.claim, replica, free, (), endings.STARTED)
+        if heavy_free <= 0:
+            return await self._store.coordinate(coordination.claim, replica, free, HEAVY_KINDS, endings.STARTED)
+        first = await self._store.coordinate(coordination.claim, replica, heavy_free, (), endings.STARTED)
+        if len(first) < heavy_free:
+            return first
+        rest = await self._store.coordinate(
+            coordination.claim, replica, free - heavy_free, HEAVY_KINDS, endings.STARTED
+        )
+        return first + rest
+
+    def _on_notifications(self, batch: list[tuple[str, str]]) -> None:
+        """What other replicas (and this one's commits) announced."""
+        claim = False
+        for channel, payload in batch:
+            if (channel, payload) == RECONNECTED:  # anything may have been missed
+                claim = True
+                for mirror in self._mirrors.values():
+                    mirror.wake()
+            elif channel == coordination.CHANNEL_RUNS:
+                claim = True
+            elif channel == coordination.CHANNEL_EVENTS:
+                followed = self._mirrors.get(payload)
+                if followed is not None:
+                    followed.wake()
+            elif channel == coordination.CHANNEL_CANCEL:
+                self._cancel_owned(payload)
+        if claim:
+            self._dispatch()
+
+    def _cancel_owned(self, run_id: str) -> None:
+        live = self._live.get(run_id)
+        if live is not None:
+            self._request_cancel(live, CancelReason.CLIENT_REQUEST)
+            return
+        self._early_cancels[run_id] = True  # it may be in a claim that has not returned yet
+        while len(self._early_cancels) > EARLY_CANCELS_MAX:
+            self._early_cancels.popitem(last=False)
+
+    async def _poll_forever(self) -> None:
+        """The fallback for missed notifications: claim, and look for cancels of
+        runs held here, every claim_poll_s."""
+        while True:
+            await asyncio.sleep(self._settings.claim_poll_s)
+            self._dispatch()
+            if not self._live:
+                continue
+            try:
+                asked = await self._store.coordinate(coordination.cancels_for, self._settings.replica)
+            except StoreError:
+                continue
+            for run_id in asked:
+                live = self._live.get(run_id)
+                if live is not None and live.cancel_reason is None:
+                    self._request_cancel(live, CancelReason.CLIENT_REQUEST)
 
     def _next_startable(self) -> LiveRun | None:
         """The oldest queued run that may start now: FIFO, except that heavy runs
@@ -335,6 +571,8 @@ class Scheduler:
         live.worker = worker
         live.last_beat = self.loop.time()
         self._by_token[token] = live
+        if record.state == RunState.RUNNING:  # claimed from the database: stored RUNNING with its event
+            return
         now = now_us()
         previous = record.state
         record.state = RunState.RUNNING
@@ -373,7 +611,7 @@ class Scheduler:
             self._finish_stopped(live, live.cancel_reason)
             return
         record = live.record
-        if record.state == RunState.RUNNING:  # it was published RUNNING: say it waits again
+        if record.state == RunState.RUNNING and not self._shared:  # published RUNNING: say it waits again
             now = now_us()
             record.state, record.start_us, record.update_us = RunState.QUEUED, None, now
             event = convert.state_event(
@@ -508,6 +746,8 @@ class Scheduler:
         running run ends once its job stops, at the latest after cancel_grace)."""
         live = self._live.get(run_id)
         if live is None:
+            if self._shared:
+                return await self._cancel_elsewhere(run_id)
             record = await self._store.get_run(run_id)
             if record is None:
                 raise errors.NotFound(f"run {run_id!r} not found")
@@ -519,6 +759,24 @@ class Scheduler:
         live = self._live.get(run_id)
         if live is not None:
             self._request_cancel(live, reason)
+        elif self._shared:
+            task = self.loop.create_task(self._cancel_elsewhere(run_id), name=f"cancel-{run_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(_retrieve)
+
+    async def _cancel_elsewhere(self, run_id: str) -> RunRecord:
+        """Cancel a run this replica does not hold: a queued one ends CANCELLED in
+        the database now; a running one is flagged and its owner notified."""
+        record, tell_owner = await self._store.coordinate(coordination.cancel, run_id, endings.CANCELLED_QUEUED)
+        if record is None:
+            raise errors.NotFound(f"run {run_id!r} not found")
+        if tell_owner and record.replica == self._settings.replica:
+            self._cancel_owned(run_id)  # claimed here a moment ago
+        mirror = self._mirrors.get(run_id)
+        if mirror is not None:
+            mirror.wake()
+        return record
 
     def _request_cancel(self, live: LiveRun, reason: CancelReason, grace_s: float | None = None) -> None:
         if live.finishing:
@@ -587,7 +845,12 @@ class Scheduler:
     # ------------------------------------------------------------ the end of a run
 
     def _finish_stopped(self, live: LiveRun, reason: CancelReason, note: str = "") -> None:
-        """End a run stopped for `reason` in the state that reason stands for."""
+        """End a run stopped for `reason` in the state that reason stands for (a run
+        stopped by this replica's shutdown that allows another attempt goes back to
+        the queue of the other replicas instead)."""
+        if self._shared and reason is CancelReason.SHUTDOWN and live.record.attempt < live.record.max_attempts:
+            self._requeue(live, "replica shutting down; run queued again", count_attempt=live.token != 0)
+            return
         state = reason.final_state
         self._finish(live, state, reason.value, error=final_error(state, f"run stopped: {reason.value}{note}"))
 
@@ -686,6 +949,56 @@ class Scheduler:
             return None
         return final, [event]
 
+    def _requeue(self, live: LiveRun, reason: str, count_attempt: bool) -> None:
+        """Give a run held here back to the database's queue (QUEUED, owned by no
+        replica; attempt + 1 if it started). Its watchers here are ended so that
+        they resume wherever the run goes."""
+        if live.finishing:
+            return
+        live.finishing = True
+        self._by_token.pop(live.token, None)
+        try:
+            self._queue.remove(live)
+        except ValueError:
+            pass
+        record = live.record
+        now = now_us()
+        events, changes = self._take_unwritten(live)
+        event = convert.state_event(record.run_id, live.channel.next_seq(), now, RunState.QUEUED, record.state, reason)
+        attempt = record.attempt + 1 if count_attempt else record.attempt
+        changes.update(state=RunState.QUEUED, start_us=None, update_us=now, replica="", attempt=attempt)
+        events.append(convert.event_to_stored(event))
+        fut = self._store.write(record.run_id, changes, events)
+        worker, live.worker = live.worker, None
+        if worker is not None:
+            self.pool.release(worker)
+
+        def written(f: asyncio.Future) -> None:
+            if not f.cancelled() and f.exception() is None:
+                record.state, record.attempt, record.replica = RunState.QUEUED, attempt, ""
+                live.channel.publish(event)
+                live.channel.mark_persisted(event.seq)
+            self._release_live(live, aborted=True)
+            if not live.done.done():
+                live.done.set_result(None)
+
+        fut.add_done_callback(written)
+
+    def abandon(self) -> None:
+        """This replica's lease was lost: the leader has ended or requeued its runs
+        in the database. Stop them here without writing anything more."""
+        for live in list(self._live.values()):
+            live.finishing = True
+            self._by_token.pop(live.token, None)
+            worker, live.worker = live.worker, None
+            if worker is not None:
+                self.pool.kill(worker)
+            self._dirty.discard(live)
+            self._release_live(live, aborted=True)
+            if not live.done.done():
+                live.done.set_result(None)
+        self._queue.clear()
+
     def _release_live(self, live: LiveRun, aborted: bool = False) -> None:
         run_id = live.record.run_id
         for handle in (live.deadline_handle, live.kill_handle):
@@ -700,7 +1013,7 @@ class Scheduler:
 
     async def _flush_progress_forever(self) -> None:
         while True:
-            await asyncio.sleep(PROGRESS_FLUSH_S)
+            await asyncio.sleep(self._settings.progress_flush_interval_s)
             self._flush_dirty()
             if self._held_back and self._store.backlog() < WRITE_BACKLOG_LOW:
                 self._held_back = False
@@ -736,8 +1049,12 @@ class Scheduler:
         """A run's events after after_seq, in seq order, ending after the terminal
         one. Raises NotFound, or WatcherTooSlow when the watcher falls behind."""
         channel = self._hub.get(run_id)
+        mirror = None
+        if channel is None and self._shared:  # held by another replica, or queued
+            mirror = self._mirror(run_id)
+            channel = await mirror.opened()
         if channel is None:
-            if await self._store.get_run(run_id) is None:
+            if mirror is None and await self._store.get_run(run_id) is None:
                 raise errors.NotFound(f"run {run_id!r} not found")
             async for event in self._replay(run_id, after_seq, None):
                 yield event
@@ -765,6 +1082,15 @@ class Scheduler:
                 yield following
         finally:
             channel.unsubscribe(sub)
+            if mirror is not None and not channel.watchers:
+                mirror.stop()
+
+    def _mirror(self, run_id: str) -> Mirror:
+        mirror = self._mirrors.get(run_id)
+        if mirror is None or mirror.stopped:
+            mirror = Mirror(self, run_id)
+            self._mirrors[run_id] = mirror
+        return mirror
 
     async def _replay(self, run_id: str, after_seq: int, up_to_seq: int | None) -> AsyncIterator[pb.RunEvent]:
         while up_to_seq is None or after_seq < up_to_seq:

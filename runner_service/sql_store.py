@@ -12,21 +12,34 @@ import asyncio
 import concurrent.futures
 import fcntl
 import functools
-import json
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import IO
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
-from runner_service import store
+from runner_service import coordination, store
 from runner_service.breaker import CircuitBreaker, CircuitOpen
+from runner_service.notifications import Listener
 from runner_service.runs import RunState
+from runner_service.schema import (
+    ADMISSION_LOCK_KEY,
+    MIGRATION_LOCK_KEY,
+    MIGRATIONS,
+    STORED_SIZE,
+    event_row,
+    metadata,
+    record_of,
+    row_of,
+    run_events,
+    runs,
+    schema_version,
+)
 from runner_service.store import (
     CircuitOpenError,
     Cursor,
@@ -40,102 +53,17 @@ from runner_service.store import (
 
 log = logging.getLogger(__name__)
 
-metadata = sa.MetaData()
-
-runs = sa.Table(
-    "runs",
-    metadata,
-    sa.Column("run_id", sa.String(64), primary_key=True),
-    sa.Column("kind", sa.String(128), nullable=False),
-    sa.Column("spec", sa.LargeBinary, nullable=False),
-    sa.Column("state", sa.SmallInteger, nullable=False),
-    sa.Column("create_us", sa.BigInteger, nullable=False),
-    sa.Column("update_us", sa.BigInteger, nullable=False),
-    sa.Column("request_id", sa.String(128), nullable=True, unique=True),
-    sa.Column("labels", sa.Text, nullable=False, default="{}"),
-    sa.Column("timeout_ms", sa.BigInteger, nullable=True),
-    sa.Column("start_us", sa.BigInteger, nullable=True),
-    sa.Column("end_us", sa.BigInteger, nullable=True),
-    sa.Column("progress_done", sa.BigInteger, nullable=False, default=0),
-    sa.Column("progress_total", sa.BigInteger, nullable=False, default=0),
-    sa.Column("progress_message", sa.Text, nullable=False, default=""),
-    sa.Column("result", sa.LargeBinary, nullable=True),
-    sa.Column("error", sa.LargeBinary, nullable=True),
-    sa.Column("attempt", sa.Integer, nullable=False, default=1),
-    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
-    sa.Column("replica", sa.String(255), nullable=False, default=""),
-    sa.Column("last_seq", sa.BigInteger, nullable=False, default=0),
-    sa.Index("ix_runs_created", "create_us", "run_id"),
-    sa.Index("ix_runs_state_created", "state", "create_us", "run_id"),
-    sa.Index("ix_runs_kind_created", "kind", "create_us", "run_id"),
-)
-
-run_events = sa.Table(
-    "run_events",
-    metadata,
-    sa.Column("run_id", sa.String(64), primary_key=True),
-    sa.Column("seq", sa.BigInteger, primary_key=True),
-    sa.Column("time_us", sa.BigInteger, nullable=False),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=False),
-)
-
-schema_version = sa.Table(
-    "schema_version",
-    metadata,
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_us", sa.BigInteger, nullable=False),
-)
-
-
-def _migration_1(conn: sa.Connection) -> None:
-    metadata.create_all(conn, tables=[runs, run_events])
-
-
-# Ordered (version, step); each runs once, all pending ones in one transaction.
-MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _migration_1)]
-
-# pg_advisory_xact_lock key held while migrating ("runner" in ASCII).
-MIGRATION_LOCK_KEY = 0x72756E6E6572
-
-_RUN_COLUMNS = [c.name for c in runs.columns]
-# What a run weighs when listed: its variable-size columns.
-_STORED_SIZE = (
-    sa.func.length(runs.c.spec)
-    + sa.func.coalesce(sa.func.length(runs.c.result), 0)
-    + sa.func.coalesce(sa.func.length(runs.c.error), 0)
-    + sa.func.length(runs.c.labels)
-    + sa.func.length(runs.c.progress_message)
-)
-
-
-def _record(row: sa.Row) -> RunRecord:
-    data = dict(row._mapping)
-    data["state"] = RunState(data["state"])
-    data["labels"] = json.loads(data["labels"] or "{}")
-    return RunRecord(**data)
-
-
-def _row(record: RunRecord) -> dict:
-    data = {name: getattr(record, name) for name in _RUN_COLUMNS}
-    data["state"] = int(record.state)
-    data["labels"] = json.dumps(record.labels, separators=(",", ":"), sort_keys=True)
-    return data
-
-
-def _event_row(ev: StoredEvent) -> dict:
-    return {"run_id": ev.run_id, "seq": ev.seq, "time_us": ev.time_us, "kind": ev.kind, "payload": ev.payload}
-
 
 class _Op:
-    __slots__ = ("changes", "error", "events", "future", "record", "result", "run_id")
+    __slots__ = ("changes", "error", "events", "future", "max_waiting", "record", "result", "run_id")
 
-    def __init__(self, run_id, changes, events, record, future):
+    def __init__(self, run_id, changes, events, record, future, max_waiting=None):
         self.run_id = run_id
         self.changes = changes
         self.events = events
         self.record = record  # set for a submission
         self.future = future
+        self.max_waiting = max_waiting  # a submission refused when this many runs are QUEUED
         self.result = None
         self.error: BaseException | None = None
 
@@ -217,6 +145,9 @@ class SqlStore(store.Store):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._is_sqlite = settings.database_url.startswith("sqlite")
+        # With the queue in the database, commits notify the other replicas.
+        self._notify = settings.queue_in_database and not self._is_sqlite
+        self.listener: Listener | None = None
         self._commits = 0
         self._held = 0  # writes held after a transient failure (written by the writer thread)
         self._unsettled = 0  # writes queued or held, not yet committed or refused (event loop only)
@@ -298,6 +229,8 @@ class SqlStore(store.Store):
         if self._closed:
             return
         self._closed = True
+        if self.listener is not None:
+            await self.listener.stop()
         if self._writer is not None:
             self._queue.put(_STOP)
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
@@ -316,13 +249,16 @@ class SqlStore(store.Store):
 
     # ------------------------------------------------------------ writes
 
-    async def submit(self, record: RunRecord, first_event: StoredEvent) -> tuple[RunRecord, bool]:
+    async def submit(
+        self, record: RunRecord, first_event: StoredEvent, max_waiting: int | None = None
+    ) -> tuple[RunRecord, bool]:
         status = self.breaker.status()
         if status.retry_after_s > 0:  # open: do not even queue it
             raise CircuitOpenError(status.retry_after_s)
         if self._held:  # writes are failing: this one would wait behind them
             raise StoreError("database writes are failing; retry shortly")
-        return await self._enqueue(_Op(record.run_id, None, (first_event,), record, self._new_future()))
+        op = _Op(record.run_id, None, (first_event,), record, self._new_future(), max_waiting)
+        return await self._enqueue(op)
 
     def write(self, run_id: str, changes: dict | None, events: Sequence[StoredEvent] = ()) -> asyncio.Future:
         op = _Op(run_id, changes, tuple(events), None, self._new_future())
@@ -518,11 +454,13 @@ class SqlStore(store.Store):
             if op.changes:
                 changes.setdefault(op.run_id, {}).update(op.changes)
             for ev in op.events:
-                events.append(_event_row(ev))
+                events.append(event_row(ev))
                 merged = changes.setdefault(ev.run_id, {})
                 merged["last_seq"] = max(merged.get("last_seq", 0), ev.seq)
         if events:
             conn.execute(sa.insert(run_events), events)
+            if self._notify:
+                coordination.notify(conn, coordination.CHANNEL_EVENTS, (row["run_id"] for row in events))
         by_columns: dict[tuple[str, ...], list[dict]] = {}
         for run_id, values in changes.items():
             if "state" in values:
@@ -534,27 +472,42 @@ class SqlStore(store.Store):
             conn.execute(_update_statement(columns), rows)
 
     def _apply_submits(self, conn: sa.Connection, submits: list[_Op]) -> None:
+        waiting = None
+        if any(op.max_waiting is not None for op in submits):
+            # Admission counts the queue in the database. On PostgreSQL replicas
+            # take turns (a lock held to the commit), so the count they see holds.
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADMISSION_LOCK_KEY})
+            waiting = coordination.count_queued(conn)
         keys = [op.record.request_id for op in submits if op.record.request_id]
         known: dict[str, RunRecord] = {}
         if keys:
             for row in conn.execute(sa.select(runs).where(runs.c.request_id.in_(keys))):
-                known[row.request_id] = _record(row)
+                known[row.request_id] = record_of(row)
         new_rows: list[dict] = []
         new_events: list[dict] = []
         for op in submits:
+            op.error = None  # a replayed batch decides afresh
             rid = op.record.request_id
             if rid and rid in known:
                 op.result = (known[rid], False)
                 continue
+            if waiting is not None and op.max_waiting is not None:
+                if waiting >= op.max_waiting:
+                    op.result, op.error = None, store.QueueLimitReached(waiting)
+                    continue
+                waiting += 1
             if rid:
                 known[rid] = op.record
             op.record.last_seq = max(ev.seq for ev in op.events)
-            new_rows.append(_row(op.record))
-            new_events.extend(_event_row(ev) for ev in op.events)
+            new_rows.append(row_of(op.record))
+            new_events.extend(event_row(ev) for ev in op.events)
             op.result = (op.record, True)
         if new_rows:
             conn.execute(sa.insert(runs), new_rows)
             conn.execute(sa.insert(run_events), new_events)
+            if self._notify:
+                coordination.notify(conn, coordination.CHANNEL_RUNS, [""])
 
     # ------------------------------------------------------------ reads
 
@@ -628,7 +581,7 @@ class SqlStore(store.Store):
     @staticmethod
     def _get_run(conn: sa.Connection, run_id: str) -> RunRecord | None:
         row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
-        return _record(row) if row is not None else None
+        return record_of(row) if row is not None else None
 
     async def get_run_by_request_id(self, request_id: str) -> RunRecord | None:
         return await self._read(self._get_run_by_request_id, request_id)
@@ -636,7 +589,7 @@ class SqlStore(store.Store):
     @staticmethod
     def _get_run_by_request_id(conn: sa.Connection, request_id: str) -> RunRecord | None:
         row = conn.execute(sa.select(runs).where(runs.c.request_id == request_id)).first()
-        return _record(row) if row is not None else None
+        return record_of(row) if row is not None else None
 
     async def list_runs(self, limit, after, state, kind, max_bytes=None) -> list[RunRecord]:
         return await self._read(self._list_runs, limit, after, state, kind, max_bytes, slow=True)
@@ -655,11 +608,11 @@ class SqlStore(store.Store):
             return query.order_by(runs.c.create_us.desc(), runs.c.run_id.desc()).limit(limit)
 
         if max_bytes is None:
-            return [_record(row) for row in conn.execute(keyset(sa.select(runs)))]
+            return [record_of(row) for row in conn.execute(keyset(sa.select(runs)))]
         # Sizes first (the databases know a value's length without reading it),
         # then only the rows that fit the budget.
         ids, used = [], 0
-        for run_id, size in conn.execute(keyset(sa.select(runs.c.run_id, _STORED_SIZE))):
+        for run_id, size in conn.execute(keyset(sa.select(runs.c.run_id, STORED_SIZE))):
             ids.append(run_id)
             used += int(size or 0)
             if used > max_bytes:
@@ -669,7 +622,7 @@ class SqlStore(store.Store):
         rows = conn.execute(
             sa.select(runs).where(runs.c.run_id.in_(ids)).order_by(runs.c.create_us.desc(), runs.c.run_id.desc())
         )
-        return [_record(row) for row in rows]
+        return [record_of(row) for row in rows]
 
     async def list_events(self, run_id, after_seq, up_to_seq, limit) -> list[StoredEvent]:
         return await self._read(self._list_events, run_id, after_seq, up_to_seq, limit)
@@ -693,9 +646,9 @@ class SqlStore(store.Store):
         if not self._is_sqlite:  # other replicas' runs are rescued by lease expiry
             query = query.where(runs.c.replica == replica)
         for row in conn.execute(query).all():
-            record = _record(row)
+            record = record_of(row)
             ev, error = interrupted_event(record)
-            conn.execute(sa.insert(run_events).values(**_event_row(ev)))
+            conn.execute(sa.insert(run_events).values(**event_row(ev)))
             conn.execute(
                 sa.update(runs)
                 .where(runs.c.run_id == record.run_id)
@@ -709,7 +662,7 @@ class SqlStore(store.Store):
             )
             interrupted.append(record.run_id)
         queued = [
-            _record(row)
+            record_of(row)
             for row in conn.execute(
                 sa.select(runs).where(runs.c.state == int(RunState.QUEUED)).order_by(runs.c.create_us)
             )
@@ -718,6 +671,20 @@ class SqlStore(store.Store):
 
     async def ping(self) -> None:
         await self._read(self._ping)
+
+    async def coordinate(self, fn, *args):
+        """Run fn(conn, *args), one of runner_service.coordination's functions, in
+        its own transaction on a store thread (bounded and guarded like a read)."""
+        return await self._read(fn, *args)
+
+    def listen(self, channels, callback) -> bool:
+        """Deliver notifications on channels to callback (on the event loop), from
+        now until close. False where the database has none (SQLite)."""
+        if self._is_sqlite or self.listener is not None:
+            return self.listener is not None
+        self.listener = Listener(self.engine, channels, callback)
+        self.listener.start()
+        return True
 
     def status(self) -> StoreStatus:
         pool = self._engine.pool.status() if self._engine is not None else "not started"

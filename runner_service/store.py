@@ -38,6 +38,7 @@ class RunRecord:
     result: bytes | None = None  # serialized google.protobuf.Struct
     error: bytes | None = None  # serialized google.rpc.Status
     attempt: int = 1
+    max_attempts: int = 1  # starts allowed in all; a lost replica's run is retried below it
     cancel_requested: bool = False
     replica: str = ""
     last_seq: int = 0
@@ -88,6 +89,14 @@ class PoolExhausted(StoreError):
     retry_after_s = 1.0
 
 
+class QueueLimitReached(Exception):
+    """A submission found the queue full in the database (admission across replicas)."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"{waiting} runs are waiting")
+        self.waiting = waiting
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreStatus:
     """What the store can say about itself, for readiness and diagnostics."""
@@ -113,9 +122,13 @@ class Store(abc.ABC):
         """Flush pending writes and release connections. Idempotent."""
 
     @abc.abstractmethod
-    async def submit(self, record: RunRecord, first_event: StoredEvent) -> tuple[RunRecord, bool]:
+    async def submit(
+        self, record: RunRecord, first_event: StoredEvent, max_waiting: int | None = None
+    ) -> tuple[RunRecord, bool]:
         """Store a new run durably. When record.request_id names an existing run,
-        store nothing and return that run with False (idempotent submit)."""
+        store nothing and return that run with False (idempotent submit). With
+        max_waiting, refuse it (QueueLimitReached) when that many runs are QUEUED
+        in the database; the count and the insert are one transaction."""
 
     @abc.abstractmethod
     def write(self, run_id: str, changes: dict | None, events: Sequence[StoredEvent] = ()) -> asyncio.Future:
@@ -162,6 +175,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise StoreError when the database cannot be reached."""
+
+    @abc.abstractmethod
+    async def coordinate(self, fn, *args):
+        """Run fn(conn, *args), one of runner_service.coordination's functions, in
+        its own transaction off the event loop."""
+
+    @abc.abstractmethod
+    def listen(self, channels, callback) -> bool:
+        """Deliver the database's notifications on channels to callback(batch) on
+        the event loop until close; False when the database has none."""
 
     @abc.abstractmethod
     def backlog(self) -> int:
