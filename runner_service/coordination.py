@@ -14,6 +14,7 @@ whose owner must stop it, CHANNEL_EVENTS with run ids that have new events.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 
 import sqlalchemy as sa
@@ -92,7 +93,7 @@ def claim(
     if records:
         rows = []
         for record in records:
-            event, _ = started(record, record.last_seq, now)
+            event, _ = started(dataclasses.replace(record, state=RunState.QUEUED), record.last_seq, now)
             rows.append(event_row(event))
         conn.execute(sa.insert(run_events), rows)
         notify(conn, CHANNEL_EVENTS, (r.run_id for r in records))
