@@ -72,6 +72,38 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = True
     use_uvloop: bool = True
+    # Where the queue lives. "auto": in the database on PostgreSQL (replicas claim
+    # runs from it), in this process on SQLite (one runner per file); "on"/"off" force it.
+    shared_queue: str = "auto"
+    # A replica renews its lease every lease_ttl_s / 3; one silent for lease_ttl_s
+    # is dead and the leader ends or requeues its runs.
+    lease_ttl_s: float = 15.0
+    # The leader (a lock row) renews its lock every leader_heartbeat_s; another
+    # replica takes it once it is leader_ttl_s old.
+    leader_heartbeat_s: float = 10.0
+    leader_ttl_s: float = 60.0
+    # Terminal runs (and their events) older than this are deleted by the leader,
+    # prune_batch runs at a time; 0 keeps them forever.
+    retention_s: float = 30 * 86400.0
+    prune_batch: int = 500
+    # Claimers and cross-replica watchers also poll this often, in case a
+    # notification was missed (a reconnect of the listening connection).
+    claim_poll_s: float = 1.0
+    # Progress is written behind at this interval (0: 0.1 s with the queue in this
+    # process, 0.01 s with the queue in the database, where other replicas' watchers read it).
+    progress_flush_s: float = 0.0
+
+    @property
+    def queue_in_database(self) -> bool:
+        if self.shared_queue == "auto":
+            return self.database_url.startswith("postgresql")
+        return self.shared_queue == "on"
+
+    @property
+    def progress_flush_interval_s(self) -> float:
+        if self.progress_flush_s > 0:
+            return self.progress_flush_s
+        return 0.01 if self.queue_in_database else 0.1
 
 
 _PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
@@ -120,6 +152,12 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> S
         raise ValueError("RUNNER_SQLITE_WAL_AUTOCHECKPOINT_PAGES must be at least 1 (it bounds the WAL)")
     if settings.max_queued < 0:
         raise ValueError("RUNNER_MAX_QUEUED must not be negative")
+    if settings.shared_queue not in ("auto", "on", "off"):
+        raise ValueError(f"RUNNER_SHARED_QUEUE must be auto, on or off, not {settings.shared_queue!r}")
+    if not 0 < settings.leader_heartbeat_s < settings.leader_ttl_s:
+        raise ValueError("RUNNER_LEADER_HEARTBEAT_S must be positive and below RUNNER_LEADER_TTL_S")
+    if settings.lease_ttl_s <= 0 or settings.claim_poll_s <= 0 or settings.prune_batch < 1:
+        raise ValueError("RUNNER_LEASE_TTL_S and RUNNER_CLAIM_POLL_S must be positive, RUNNER_PRUNE_BATCH at least 1")
     parse_jobs(settings.jobs)  # refuse a malformed entry at start-up, not at the first run
     return settings
 
