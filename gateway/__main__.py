@@ -21,9 +21,17 @@ from uvicorn.config import LOG_LEVELS, TRACE_LOG_LEVEL
 from gateway import server
 from gateway import settings as settings_mod
 from gateway.app import create_app
-from runner_service import logs
+from runner_service import logs, tls
 
 _ACCESS_LOG_LEVELS = ("trace", "debug", "info")
+
+log = logging.getLogger("gateway")
+
+
+def _upstream_mode(settings: settings_mod.Settings) -> str:
+    if not settings.upstream_tls_ca_file:
+        return "plaintext"
+    return "mtls" if settings.upstream_tls_cert_file else "tls"
 
 
 def main() -> int:
@@ -40,18 +48,25 @@ def main() -> int:
     if LOG_LEVELS[level] <= TRACE_LOG_LEVEL:  # uvicorn's protocol traces, asked for by name
         for name in ("uvicorn.error", "uvicorn.asgi"):
             logging.getLogger(name).setLevel(TRACE_LOG_LEVEL)
-    config = server.config(
-        create_app(settings),
-        settings,
-        host=settings.host,
-        port=settings.port,
-        loop="auto",  # uvloop when installed
-        lifespan="on",
-        log_config=None,  # logs.configure() above
-        log_level=None,  # levels set by logs.configure()
-        access_log=level in _ACCESS_LOG_LEVELS,
-        timeout_graceful_shutdown=5,
-    )
+    try:  # the TLS files are read and checked here: a broken one stops the gateway at once
+        config = server.config(
+            create_app(settings),
+            settings,
+            host=settings.host,
+            port=settings.port,
+            loop="auto",  # uvloop when installed
+            lifespan="on",
+            log_config=None,  # logs.configure() above
+            log_level=None,  # levels set by logs.configure()
+            access_log=level in _ACCESS_LOG_LEVELS,
+            timeout_graceful_shutdown=5,
+        )
+    except ValueError as exc:
+        print(f"gateway: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    # uvicorn's start line says http either way: the gateway does its TLS itself (gateway.server).
+    mode = tls.mode(settings.tls_cert_file, settings.tls_client_ca_file)
+    log.info("TLS: clients %s on %s, upstream %s", mode, settings.listen, _upstream_mode(settings))
     uvicorn.Server(config).run()
     return 0
 

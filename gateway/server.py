@@ -38,6 +38,17 @@ number of connections by ``max_connections``. Cost on the fast path (a whole req
 read): a byte count, a line count and a few comparisons per request, under 2 µs measured on top
 of httptools' own 7 µs; timers are armed once per connection, and per request only when a head
 or body is still incomplete at the end of a read.
+
+HTTPS (``tls_cert_file``, ``tls_key_file``; ``tls_client_ca_file`` requires client certificates):
+each connection is TLS (asyncio's ``SSLProtocol``) around the same bounded protocol, so every
+bound above applies to the decrypted bytes. uvicorn's own TLS set-up is not used because it leaves
+the handshake outside every bound: no deadline but the event loop's 60 s, and connections still in
+their handshake counted by no cap. Here the handshake must end within ``head_timeout_s`` (then the
+head's own deadline starts), a connection counts towards ``max_connections`` from its TCP accept
+(past the cap it is closed at once: no HTTP answer can precede a handshake), and the TLS close
+waits at most :data:`LINGER_S` for the client's reply. A client without a certificate the client
+CA signed fails the handshake and never reaches the application. Each TLS connection adds its
+TLS state and a 256 KiB read buffer to the memory bound.
 """
 
 from __future__ import annotations
@@ -46,6 +57,9 @@ import asyncio
 import dataclasses
 import http
 import json
+import ssl
+from asyncio import sslproto
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httptools
@@ -55,6 +69,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import errors
 from gateway.settings import Settings
+from runner_service import tls
 
 #: How long a refused connection's input is still read (and dropped) before it is closed.
 LINGER_S = 2.0
@@ -88,9 +103,82 @@ class Limits:
 
 
 def config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
-    """The uvicorn configuration serving ``app`` with the limits of ``settings``; ``options`` are
-    passed on to ``uvicorn.Config`` (host, port, log settings, ...)."""
-    return uvicorn.Config(app, http=protocol_class(Limits.of(settings)), ws="none", **options)
+    """The uvicorn configuration serving ``app`` with the limits of ``settings`` (over TLS when
+    ``settings`` has a certificate); ``options`` are passed on to ``uvicorn.Config`` (host, port,
+    log settings, ...). Raises ValueError for a TLS file that is unreadable or not PEM, or a key
+    that does not match its certificate."""
+    limits = Limits.of(settings)
+    http: Any = protocol_class(limits)
+    context = ssl_context(settings)
+    if context is not None:
+        http = tls_protocol(http, context, limits)
+    return uvicorn.Config(app, http=http, ws="none", **options)
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTPS server context of ``settings`` (None: plain HTTP); with a client CA, a client
+    must present a certificate it signed."""
+    if not settings.tls_cert_file:
+        return None
+    context = tls.server_context(
+        "GATEWAY_TLS_CERT_FILE", settings.tls_cert_file, "GATEWAY_TLS_KEY_FILE", settings.tls_key_file
+    )
+    context.set_alpn_protocols(["http/1.1"])
+    if settings.tls_client_ca_file:
+        ca = tls.load_ca("GATEWAY_TLS_CLIENT_CA_FILE", settings.tls_client_ca_file)
+        context.load_verify_locations(cadata=ca.decode("ascii"))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def tls_protocol(
+    http: type[BoundedProtocol], context: ssl.SSLContext, limits: Limits
+) -> Callable[..., asyncio.BaseProtocol]:
+    """uvicorn's protocol factory for HTTPS: each connection is a :class:`_TlsConnection` around
+    an ``http`` protocol (uvicorn calls it with the keywords it gives a protocol class)."""
+    open_connections: set[_TlsConnection] = set()
+
+    def create(**kwargs: Any) -> asyncio.BaseProtocol:
+        loop = kwargs.get("_loop") or asyncio.get_running_loop()
+        return _TlsConnection(loop, http(**kwargs), context, limits, open_connections)
+
+    return create
+
+
+class _TlsConnection(sslproto.SSLProtocol):
+    """asyncio's TLS protocol with the handshake and the close bounded in time, and the
+    connection counted from its TCP accept (see the module's documentation)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        app: BoundedProtocol,
+        context: ssl.SSLContext,
+        limits: Limits,
+        open_connections: set[_TlsConnection],
+    ) -> None:
+        super().__init__(
+            loop,
+            app,
+            context,
+            None,  # type: ignore[arg-type]  # no waiter: nobody awaits the handshake
+            server_side=True,
+            ssl_handshake_timeout=limits.head_timeout_s,  # type: ignore[arg-type]  # seconds, any number
+            ssl_shutdown_timeout=LINGER_S,
+        )
+        self._open = open_connections
+        self._max_connections = limits.max_connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self._open) >= self._max_connections:
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._open.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._open.discard(self)
+        super().connection_lost(exc)
 
 
 def protocol_class(limits: Limits) -> type[BoundedProtocol]:

@@ -14,6 +14,18 @@ class Settings:
     listen: str = "127.0.0.1:8080"
     #: gRPC target of the runner (any grpc target: "host:port", "dns:///runners:50051").
     upstream: str = "127.0.0.1:50051"
+    #: TLS to the runner: the PEM CA certificate(s) its certificate must chain to (empty:
+    #: plaintext); a client certificate and its unencrypted key for a runner requiring mTLS; the
+    #: name its certificate must carry when not the target's host (grpc.ssl_target_name_override).
+    upstream_tls_ca_file: str = ""
+    upstream_tls_cert_file: str = ""
+    upstream_tls_key_file: str = ""
+    upstream_tls_server_name: str = ""
+    #: HTTPS: a PEM certificate (chain) and its unencrypted key (empty: plain HTTP); with a client
+    #: CA too, clients must present a certificate it signed.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
     #: Deadline of a unary call when the request has no Grpc-Timeout header.
     unary_timeout_s: float = 10.0
     #: Deadline of the readiness Check on the runner.
@@ -86,6 +98,19 @@ def _check(settings: Settings) -> None:
     if ":" not in settings.listen:
         raise ValueError(f"listen must be host:port, not {settings.listen!r}")
     settings.port  # noqa: B018 - raises ValueError when the port is not a number
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise ValueError("GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE go together: set both or neither")
+    if settings.tls_client_ca_file and not settings.tls_cert_file:
+        raise ValueError("GATEWAY_TLS_CLIENT_CA_FILE needs GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE")
+    if bool(settings.upstream_tls_cert_file) != bool(settings.upstream_tls_key_file):
+        raise ValueError(
+            "GATEWAY_UPSTREAM_TLS_CERT_FILE and GATEWAY_UPSTREAM_TLS_KEY_FILE go together: set both or neither"
+        )
+    if not settings.upstream_tls_ca_file and (settings.upstream_tls_cert_file or settings.upstream_tls_server_name):
+        raise ValueError(
+            "GATEWAY_UPSTREAM_TLS_CERT_FILE, _KEY_FILE and _SERVER_NAME need GATEWAY_UPSTREAM_TLS_CA_FILE "
+            "(which turns TLS to the runner on)"
+        )
     positive = (
         "unary_timeout_s",
         "health_timeout_s",

@@ -4,6 +4,10 @@ The application's lifespan calls :meth:`Upstream.open` and :meth:`Upstream.close
 only borrow the channel. Calls never wait for a channel to become ready
 (``wait_for_ready=False``): an unreachable runner fails fast with UNAVAILABLE, which the gateway
 answers 503, instead of a request hanging until its deadline.
+
+With ``upstream_tls_ca_file`` the channel is TLS (every call, health checks included), with a
+client certificate when the runner requires mTLS. The PEM files are read and checked when the
+Upstream is made, at start-up: a broken file stops the gateway before it serves anything.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from gateway.errors import GatewayError, status
 from gateway.rules import HttpRule
 from gateway.settings import Settings
 from protos.runner.v1 import runner_pb2_grpc
+from runner_service import tls
 
 
 class Upstream:
@@ -28,11 +33,12 @@ class Upstream:
         self._callables: dict[str, object] = {}
         self.health: health_pb2_grpc.HealthStub | None = None
         self.runner: runner_pb2_grpc.RunnerServiceStub | None = None
+        self._credentials = channel_credentials(settings)
 
     def channel_options(self) -> list[tuple[str, object]]:
         backoff_ms = int(self._settings.reconnect_backoff_max_s * 1000)
         config: dict[str, object] = {"loadBalancingConfig": [{self._settings.lb_policy: {}}]}
-        return [
+        options: list[tuple[str, object]] = [
             # A restarted runner is reconnected to within the backoff bound, not minutes later.
             ("grpc.initial_reconnect_backoff_ms", min(1000, backoff_ms)),
             ("grpc.min_reconnect_backoff_ms", min(1000, backoff_ms)),
@@ -40,10 +46,17 @@ class Upstream:
             ("grpc.service_config", json.dumps(config)),
             ("grpc.enable_retries", 0),  # the gateway never retries on its callers' behalf
         ]
+        if self._credentials is not None and self._settings.upstream_tls_server_name:
+            # The name the runner's certificate is checked against, when not the target's host.
+            options.append(("grpc.ssl_target_name_override", self._settings.upstream_tls_server_name))
+        return options
 
     async def open(self) -> None:
         """Create the channel (it connects lazily, on the first call)."""
-        self._channel = grpc.aio.insecure_channel(self.target, options=self.channel_options())
+        if self._credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.target, options=self.channel_options())
+        else:
+            self._channel = grpc.aio.secure_channel(self.target, self._credentials, options=self.channel_options())
         self._callables.clear()
         self.health = health_pb2_grpc.HealthStub(self._channel)
         self.runner = runner_pb2_grpc.RunnerServiceStub(self._channel)
@@ -72,3 +85,20 @@ class Upstream:
             )
             self._callables[rule.grpc_path] = found
         return found
+
+
+def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the channel to the runner (None: plaintext). Raises ValueError naming
+    the setting at fault (an unreadable file, not PEM, a key that does not match its certificate)."""
+    if not settings.upstream_tls_ca_file:
+        return None
+    ca = tls.load_ca("GATEWAY_UPSTREAM_TLS_CA_FILE", settings.upstream_tls_ca_file)
+    cert = key = None
+    if settings.upstream_tls_cert_file:
+        cert, key = tls.load_key_pair(
+            "GATEWAY_UPSTREAM_TLS_CERT_FILE",
+            settings.upstream_tls_cert_file,
+            "GATEWAY_UPSTREAM_TLS_KEY_FILE",
+            settings.upstream_tls_key_file,
+        )
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
