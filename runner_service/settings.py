@@ -14,6 +14,11 @@ PROFILES = ("production", "development", "testing")
 class Settings:
     profile: str = "production"
     listen: str = "127.0.0.1:50051"
+    # TLS on the gRPC port: a PEM certificate (chain) and its unencrypted key; with a
+    # client CA too, clients must present a certificate it signed (mTLS). Empty: plaintext.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
     database_url: str = "sqlite:///var/runner.db"
     replica: str = dataclasses.field(default_factory=socket.gethostname)
     workers: int = 2
@@ -158,6 +163,10 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> S
         raise ValueError("RUNNER_LEADER_HEARTBEAT_S must be positive and below RUNNER_LEADER_TTL_S")
     if settings.lease_ttl_s <= 0 or settings.claim_poll_s <= 0 or settings.prune_batch < 1:
         raise ValueError("RUNNER_LEASE_TTL_S and RUNNER_CLAIM_POLL_S must be positive, RUNNER_PRUNE_BATCH at least 1")
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise ValueError("RUNNER_TLS_CERT_FILE and RUNNER_TLS_KEY_FILE go together: set both or neither")
+    if settings.tls_client_ca_file and not settings.tls_cert_file:
+        raise ValueError("RUNNER_TLS_CLIENT_CA_FILE needs RUNNER_TLS_CERT_FILE and RUNNER_TLS_KEY_FILE (mTLS is TLS)")
     parse_jobs(settings.jobs)  # refuse a malformed entry at start-up, not at the first run
     return settings
 
