@@ -1,6 +1,7 @@
 """A grpc.health.v1 probe for container health checks.
 
-    python -m runner_service.probe [--target HOST:PORT] [--timeout SECONDS] [SERVICE]
+    python -m runner_service.probe [--target HOST:PORT] [--timeout SECONDS]
+        [--tls-ca FILE [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME]] [SERVICE]
 
 One ``Check`` of SERVICE (default ``readiness``; ``liveness`` asks only whether the process
 answers) with a short deadline. Exit status 0 when the answer is SERVING, with one line on
@@ -10,7 +11,9 @@ status 2 of a HEALTHCHECK, so a usage error is 1 too.
 
 The target defaults to ``RUNNER_LISTEN`` (as the runner reads it) with a wildcard host
 (``0.0.0.0``, ``[::]`` or none) replaced by loopback: inside a container the probe asks the
-runner beside it.
+runner beside it. It speaks plaintext unless given ``--tls-ca`` (the PEM CA the runner's
+certificate must chain to); a runner that requires client certificates (mTLS) also needs
+``--tls-cert`` and ``--tls-key``.
 """
 
 from __future__ import annotations
@@ -40,13 +43,41 @@ def default_target(environ: Mapping[str, str]) -> str:
     return f"{_WILDCARDS.get(host, host)}:{port}"
 
 
-def check(target: str, service: str, timeout_s: float) -> tuple[bool, str]:
-    """Ask one Check; (serving, what was found) without raising."""
+def _read(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ProbeError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def tls_credentials(ca: str, cert: str = "", key: str = ""):
+    """Channel credentials trusting `ca`, with a client certificate when given (mTLS)."""
+    import grpc
+
+    if bool(cert) != bool(key):
+        raise ProbeError("--tls-cert and --tls-key go together")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read("--tls-ca", ca),
+        private_key=_read("--tls-key", key) if key else None,
+        certificate_chain=_read("--tls-cert", cert) if cert else None,
+    )
+
+
+def check(target: str, service: str, timeout_s: float, credentials=None, server_name: str = "") -> tuple[bool, str]:
+    """Ask one Check (over TLS with `credentials`); (serving, what was found) without raising."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     # No proxy: a probe asks the process next to it, whatever *_proxy variables say.
-    with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+    options: list[tuple[str, object]] = [("grpc.enable_http_proxy", 0)]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    if credentials is None:
+        channel = grpc.insecure_channel(target, options=options)
+    else:
+        channel = grpc.secure_channel(target, credentials, options=options)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
@@ -82,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_S,
         help=f"deadline of the Check in seconds (default {DEFAULT_TIMEOUT_S:g})",
     )
+    parser.add_argument("--tls-ca", default="", help="TLS: the PEM CA the runner's certificate must chain to")
+    parser.add_argument("--tls-cert", default="", help="mTLS: the probe's PEM client certificate (with --tls-key)")
+    parser.add_argument("--tls-key", default="", help="mTLS: the client certificate's unencrypted PEM key")
+    parser.add_argument("--tls-server-name", default="", help="TLS: the name in the runner's certificate")
     parser.add_argument(
         "service",
         nargs="?",
@@ -98,12 +133,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if not args.timeout > 0:
             raise ProbeError(f"--timeout must be positive, not {args.timeout:g}")
         target = args.target or default_target(env)
+        if not args.tls_ca and (args.tls_cert or args.tls_key or args.tls_server_name):
+            raise ProbeError("--tls-cert, --tls-key and --tls-server-name need --tls-ca")
+        # grpc's own log lines would break the one-line answer.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+        credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
     except ProbeError as exc:
         print(f"probe: {exc}", file=sys.stderr)
         return 1
-    # grpc's own log lines would break the one-line answer.
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    serving, found = check(target, args.service, args.timeout)
+    serving, found = check(target, args.service, args.timeout, credentials, args.tls_server_name)
     line = f"probe: {target} service {args.service!r}: {found}"
     print(line, file=sys.stdout if serving else sys.stderr)
     return 0 if serving else 1

@@ -4,15 +4,18 @@ real runner: exit 0 on SERVING, 1 on anything else with one line on stderr sayin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
 import time
 
+import grpc
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from runner_service.probe import default_target
+from tests.pki import OTHER_NAME, Pki, make_pki, read
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -34,6 +37,11 @@ async def probe(*args: str, **env: str) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def one_line(text: str) -> str:
@@ -99,6 +107,54 @@ async def test_a_silent_server_fails_at_the_deadline():
     assert time.monotonic() - started < 10
 
 
+@contextlib.asynccontextmanager
+async def tls_health_server(cert: str, key: str, client_ca: str = ""):
+    """A grpc.aio server with TLS (mTLS with `client_ca`) serving grpc.health.v1, readiness
+    SERVING: the probe's TLS side on its own, whatever serves the port."""
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    await servicer.set("readiness", SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials(
+        [(read(key), read(cert))],
+        root_certificates=read(client_ca) if client_ca else None,
+        require_client_auth=bool(client_ca),
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+async def test_tls_and_mtls_pass_with_the_ca_and_the_client_certificate(pki):
+    async with tls_health_server(pki.server_cert, pki.server_key) as address:
+        code, out, err = await probe("--target", address, "--tls-ca", pki.ca)
+        assert (code, err) == (0, ""), err
+        assert "SERVING" in one_line(out)
+        code, out, err = await probe("--target", address)  # plaintext to a TLS port
+        assert (code, out) == (1, "")
+        assert "UNAVAILABLE" in one_line(err)
+        code, out, err = await probe("--target", address, "--tls-ca", pki.other_ca)  # a CA it does not chain to
+        assert (code, out) == (1, "")
+        assert "UNAVAILABLE" in one_line(err)
+    async with tls_health_server(pki.other_name_cert, pki.other_name_key, client_ca=pki.ca) as address:
+        tls = ["--tls-ca", pki.ca, "--tls-server-name", OTHER_NAME]
+        code, out, err = await probe(
+            "--target", address, *tls, "--tls-cert", pki.client_cert, "--tls-key", pki.client_key
+        )
+        assert (code, err) == (0, ""), err
+        code, out, err = await probe("--target", address, *tls)  # no client certificate
+        assert (code, out) == (1, "")
+        assert "UNAVAILABLE" in one_line(err)
+        code, out, err = await probe(
+            "--target", address, "--tls-ca", pki.ca, "--tls-cert", pki.client_cert, "--tls-key", pki.client_key
+        )
+        assert (code, out) == (1, "")  # the certificate does not name 127.0.0.1
+        assert "UNAVAILABLE" in one_line(err)
+
+
 @pytest.mark.parametrize(
     "args, env",
     [
@@ -107,6 +163,8 @@ async def test_a_silent_server_fails_at_the_deadline():
         (["--no-such-flag"], {}),
         (["a", "b"], {}),
         ([], {"RUNNER_LISTEN": "no-port"}),
+        (["--tls-ca", "/no/such/ca.pem"], {}),
+        (["--tls-cert", "c.pem", "--tls-key", "k.pem"], {}),
     ],
 )
 async def test_bad_arguments_exit_1_not_dockers_reserved_2(args, env):
