@@ -131,24 +131,29 @@ def _move(
 
 
 def cancel(conn: sa.Connection, run_id: str, cancelled: EventFactory) -> tuple[RunRecord | None, bool]:
-    """Cancel a run owned by no replica here and now: a QUEUED run ends CANCELLED in
-    this transaction; a RUNNING one is flagged and its owner notified. Returns the
-    run as it is now (None if unknown) and whether its owner must be told."""
-    row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id).with_for_update()).first()
-    if row is None:
-        return None, False
-    record = record_of(row)
+    """Cancel a run this replica does not hold: a QUEUED run ends CANCELLED in this
+    transaction; a RUNNING one is flagged and its owner notified. Returns the run
+    as it is now (None if unknown) and whether its owner must be told.
+
+    The first statement writes (and on PostgreSQL locks the row), so a claim in
+    flight either took the run before (it is RUNNING: its owner is told) or finds
+    it cancelled; on SQLite the transaction holds the write lock from the start."""
+    flagged = conn.execute(
+        sa.update(runs)
+        .where(runs.c.run_id == run_id, runs.c.state.in_([int(RunState.QUEUED), int(RunState.RUNNING)]))
+        .values(cancel_requested=True)
+        .returning(*runs.c)
+    ).first()
+    if flagged is None:
+        row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
+        return (record_of(row) if row is not None else None), False
+    record = record_of(flagged)
     if record.state == RunState.QUEUED:
-        _move(conn, record, RunState.CANCELLED, cancelled, db_now_us(conn), {"cancel_requested": True})
+        _move(conn, record, RunState.CANCELLED, cancelled, db_now_us(conn))
         notify(conn, CHANNEL_EVENTS, [run_id])
         return record, False
-    if record.state == RunState.RUNNING:
-        if not record.cancel_requested:
-            conn.execute(sa.update(runs).where(runs.c.run_id == run_id).values(cancel_requested=True))
-            record.cancel_requested = True
-        notify(conn, CHANNEL_CANCEL, [run_id])
-        return record, True
-    return record, False
+    notify(conn, CHANNEL_CANCEL, [run_id])
+    return record, True
 
 
 def cancels_for(conn: sa.Connection, replica: str) -> list[str]:
@@ -170,12 +175,12 @@ def register(conn: sa.Connection, name: str, incarnation: str, ttl_s: float) -> 
 
 
 def renew(conn: sa.Connection, name: str, incarnation: str, ttl_s: float) -> bool:
-    """Extend this replica's lease. False when it is gone (the leader found it
-    expired and ended its runs): the replica must not go on with them."""
+    """Extend this replica's lease. False once it has expired (the leader may have
+    ended or requeued its runs): the replica must not go on with them."""
     now = db_now_us(conn)
     done = conn.execute(
         sa.update(replicas)
-        .where(replicas.c.name == name, replicas.c.incarnation == incarnation)
+        .where(replicas.c.name == name, replicas.c.incarnation == incarnation, replicas.c.expires_us > now)
         .values(heartbeat_us=now, expires_us=now + int(ttl_s * 1e6))
     )
     return bool(done.rowcount)

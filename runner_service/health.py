@@ -49,6 +49,8 @@ class Health:
         reasons = []
         if self._scheduler.draining:
             reasons.append("draining")
+        if self._scheduler.dead_tasks:
+            reasons.append(f"background task died: {', '.join(self._scheduler.dead_tasks)}")
         if not self._scheduler.pool.alive_workers():
             reasons.append("no worker process alive")
         elif self._scheduler.queued and not self._scheduler.pool.ready_count:

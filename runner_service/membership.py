@@ -36,10 +36,17 @@ class LeaderRounds:
 
 
 class Membership:
-    def __init__(self, settings, store: Store, on_lease_lost: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        settings,
+        store: Store,
+        on_lease_lost: Callable[[], None],
+        supervise: Callable[[asyncio.Task], None],
+    ) -> None:
         self._settings = settings
         self._store = store
         self._on_lease_lost = on_lease_lost
+        self._supervise = supervise  # told when a task of ours dies
         self.name = settings.replica
         self.incarnation = uuid.uuid4().hex
         self.leader = False
@@ -52,7 +59,7 @@ class Membership:
         loop = asyncio.get_running_loop()
         for coro, name in ((self._heartbeat_forever(), "lease-heartbeat"), (self._lead_forever(), "leader")):
             task = loop.create_task(coro, name=name)
-            task.add_done_callback(_supervise)
+            task.add_done_callback(self._supervise)
             self._tasks.append(task)
 
     async def leave(self) -> None:
@@ -161,8 +168,3 @@ class Membership:
             rounds.last_round_us = now_us()
         except StoreError as exc:
             log.warning("leader round failed", extra={"error": str(exc)})
-
-
-def _supervise(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.critical("replica background task died", exc_info=task.exception(), extra={"task": task.get_name()})

@@ -227,6 +227,7 @@ class Scheduler:
         self._mirrors: dict[str, Mirror] = {}
         self._early_cancels: collections.OrderedDict[str, bool] = collections.OrderedDict()
         self._poller: asyncio.Task | None = None
+        self.dead_tasks: list[str] = []  # background tasks that died (readiness reads it)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -249,14 +250,14 @@ class Scheduler:
                 self._adopt(record)
         await self.pool.start()
         self._flusher = self.loop.create_task(self._flush_progress_forever(), name="progress-flusher")
-        self._flusher.add_done_callback(self._supervise)
+        self._flusher.add_done_callback(self.supervise)
         self._liveness = self.loop.create_task(self._check_liveness_forever(), name="liveness-check")
-        self._liveness.add_done_callback(self._supervise)
+        self._liveness.add_done_callback(self.supervise)
         if self._shared:
             channels = (coordination.CHANNEL_RUNS, coordination.CHANNEL_CANCEL, coordination.CHANNEL_EVENTS)
             self._store.listen(channels, self._on_notifications)
             self._poller = self.loop.create_task(self._poll_forever(), name="queue-poller")
-            self._poller.add_done_callback(self._supervise)
+            self._poller.add_done_callback(self.supervise)
         self._dispatch()
 
     async def _recover_shared(self) -> None:
@@ -288,9 +289,13 @@ class Scheduler:
         )
         return convert.event_to_stored(event), error.SerializeToString()
 
-    def _supervise(self, task: asyncio.Task) -> None:
+    def supervise(self, task: asyncio.Task) -> None:
+        """A background task that dies takes readiness with it (NOT_SERVING, see
+        health.py): a runner without its flusher, liveness check or claims must
+        not take work."""
         if not task.cancelled() and task.exception() is not None:
             log.critical("background task died", exc_info=task.exception(), extra={"task": task.get_name()})
+            self.dead_tasks.append(task.get_name())
 
     async def shutdown(self, shutdown_grace_s: float) -> None:
         """Stop taking work, give running runs shutdown_grace_s to finish, then
@@ -442,7 +447,7 @@ class Scheduler:
 
     def _claim_done(self, task: asyncio.Task) -> None:
         self._claiming = None
-        self._supervise(task)
+        self.supervise(task)
 
     async def _claim_while_free(self) -> None:
         """Claim queued runs from the database while this replica has free workers:
@@ -517,14 +522,16 @@ class Scheduler:
             self._early_cancels.popitem(last=False)
 
     async def _poll_forever(self) -> None:
-        """The fallback for missed notifications: claim, and look for cancels of
-        runs held here, every claim_poll_s."""
+        """Every claim_poll_s: end queued runs whose own timeout passed while they
+        waited (SKIP LOCKED: replicas share the work), and, the fallback for missed
+        notifications, claim and look for cancels of runs held here."""
         while True:
             await asyncio.sleep(self._settings.claim_poll_s)
             self._dispatch()
-            if not self._live:
-                continue
             try:
+                await self._store.coordinate(coordination.expire_queued, 100, endings.EXPIRED)
+                if not self._live:
+                    continue
                 asked = await self._store.coordinate(coordination.cancels_for, self._settings.replica)
             except StoreError:
                 continue
@@ -760,10 +767,23 @@ class Scheduler:
         if live is not None:
             self._request_cancel(live, reason)
         elif self._shared:
-            task = self.loop.create_task(self._cancel_elsewhere(run_id), name=f"cancel-{run_id}")
+            task = self.loop.create_task(self._cancel_elsewhere_retrying(run_id), name=f"cancel-{run_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             task.add_done_callback(_retrieve)
+
+    async def _cancel_elsewhere_retrying(self, run_id: str) -> None:
+        """_cancel_elsewhere for a caller that is gone (a cancelled ExecuteRun call):
+        nobody retries for it, so a failing database is retried here a few times."""
+        for delay in (0.05, 0.2, 1.0, 3.0, None):
+            try:
+                await self._cancel_elsewhere(run_id)
+                return
+            except StoreError as exc:
+                if delay is None:
+                    log.error("could not cancel a run held elsewhere", extra={"run_id": run_id, "error": str(exc)})
+                    return
+                await asyncio.sleep(delay)
 
     async def _cancel_elsewhere(self, run_id: str) -> RunRecord:
         """Cancel a run this replica does not hold: a queued one ends CANCELLED in
@@ -966,7 +986,10 @@ class Scheduler:
         events, changes = self._take_unwritten(live)
         event = convert.state_event(record.run_id, live.channel.next_seq(), now, RunState.QUEUED, record.state, reason)
         attempt = record.attempt + 1 if count_attempt else record.attempt
-        changes.update(state=RunState.QUEUED, start_us=None, update_us=now, replica="", attempt=attempt)
+        # The stop was this replica's own (its shutdown), not a request to cancel the run.
+        changes.update(
+            state=RunState.QUEUED, start_us=None, update_us=now, replica="", attempt=attempt, cancel_requested=False
+        )
         events.append(convert.event_to_stored(event))
         fut = self._store.write(record.run_id, changes, events)
         worker, live.worker = live.worker, None
@@ -976,6 +999,7 @@ class Scheduler:
         def written(f: asyncio.Future) -> None:
             if not f.cancelled() and f.exception() is None:
                 record.state, record.attempt, record.replica = RunState.QUEUED, attempt, ""
+                record.cancel_requested = False
                 live.channel.publish(event)
                 live.channel.mark_persisted(event.seq)
             self._release_live(live, aborted=True)

@@ -16,6 +16,7 @@ from runner_service.audit import AuditLog
 from runner_service.diagnostics import Diagnostics, Load, to_proto
 from runner_service.health import Health
 from runner_service.jobs.catalog import Catalog
+from runner_service.membership import Membership
 from runner_service.progress import Hub
 from runner_service.scheduler import Scheduler
 from runner_service.settings import Settings, redact_url
@@ -35,6 +36,12 @@ class RunnerApp:
         self.store = SqlStore(settings)
         self.hub = Hub(settings.watcher_queue_size, settings.watch_progress_interval_s)
         self.scheduler = Scheduler(settings, self.store, self.hub, job_targets)
+        # Replicas on one database: a lease, the leader's lock and its rounds.
+        self.membership = (
+            Membership(settings, self.store, self.scheduler.abandon, self.scheduler.supervise)
+            if settings.queue_in_database
+            else None
+        )
         self.health = Health(self.store, self.scheduler)
         self.diagnostics = Diagnostics(
             self.store.breaker.status,
@@ -92,6 +99,8 @@ class RunnerApp:
         Returns the bound port."""
         log.info("starting runner", extra={"database": redact_url(self.settings.database_url)})
         await self.store.start()
+        if self.membership is not None:
+            await self.membership.join()
         await self.scheduler.start()
         self.port = self.server.add_insecure_port(self.settings.listen)
         if not self.port:
@@ -108,6 +117,8 @@ class RunnerApp:
             await self.scheduler.pool.stop(timeout_s=1.0)
         except Exception:  # noqa: BLE001 - best effort on the way out
             pass
+        if self.membership is not None:
+            await self.membership.leave()
         await self.server.stop(None)
         await self.store.close()
 
@@ -126,6 +137,8 @@ class RunnerApp:
         if self.settings.drain_period_s > 0:
             await asyncio.sleep(self.settings.drain_period_s)
         await self.scheduler.shutdown(self.settings.shutdown_grace_s)
+        if self.membership is not None:
+            await self.membership.leave()
         await self.server.stop(grace=1.0)
         await self.store.close()
         log.info("runner stopped")

@@ -40,6 +40,8 @@ def make_settings(tmp_path):
             workers=2,
             cancel_grace_s=1.0,
             shutdown_grace_s=1.0,
+            # RUNNER_TEST_SHARED_QUEUE=on runs the suite with the queue in the database on SQLite too.
+            shared_queue=os.environ.get("RUNNER_TEST_SHARED_QUEUE", "auto"),
         )
         values.update(overrides)
         return settings_mod.from_env({"RUNNER_PROFILE": "testing"}, **values)

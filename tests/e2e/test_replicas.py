@@ -354,3 +354,55 @@ async def test_rolling_restart_under_continuous_submission_loses_nothing(spawn, 
     assert sum(states.values()) == len(accepted), "an acknowledged run is missing"
     assert set(states) <= {pb.SUCCEEDED, pb.INTERRUPTED}, states
     assert states.get(pb.SUCCEEDED, 0) >= len(accepted) - 4, states
+
+
+async def test_shutdown_of_one_replica_leaves_nothing_owned(spawn, postgres_url, tmp_path):  # noqa: F811
+    env = dict(RUNNER_WORKERS="2", RUNNER_SHUTDOWN_GRACE_S="0.5")
+    a = await spawn(tmp_path / "a.db", **replica_env(postgres_url, "a", **env))
+    once = await a.stub.SubmitRun(diagnostic(**LONG), timeout=5)
+    retry_request = diagnostic(ticks=300, tick_s=0.02)
+    retry_request.max_attempts = 2
+    retried = await a.stub.SubmitRun(retry_request, timeout=5)
+    for run in (once, retried):
+        await wait_for_state(a.stub, run.run_id, pb.RUNNING)
+    waiting = await a.stub.SubmitRun(diagnostic(ticks=1), timeout=5)
+    assert waiting.state == pb.QUEUED
+    b = await spawn(tmp_path / "b.db", **replica_env(postgres_url, "b", RUNNER_WORKERS="1"))
+    b_busy = await b.stub.SubmitRun(diagnostic(ticks=100, tick_s=0.02), timeout=5)  # b's worker, for a while
+
+    a.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(a.proc.wait, 30) == 0, a.log_tail()
+    assert query(postgres_url, "SELECT count(*) FROM runs WHERE replica = 'a' AND state = 2")[0][0] == 0
+    assert query(postgres_url, "SELECT count(*) FROM replicas WHERE name = 'a'")[0][0] == 0
+    stopped = await b.stub.GetRun(pb.GetRunRequest(run_id=once.run_id), timeout=5)
+    assert stopped.state == pb.INTERRUPTED
+    for run in (retried, waiting, b_busy):  # the other replica takes what may still run
+        assert final_state(await events_of(b.stub, run.run_id, timeout=30)) == pb.SUCCEEDED
+    again = await b.stub.GetRun(pb.GetRunRequest(run_id=retried.run_id), timeout=5)
+    assert (again.attempt, again.replica) == (2, "b")
+
+
+async def test_admission_counts_the_queue_across_replicas(spawn, postgres_url, tmp_path):  # noqa: F811
+    from google.rpc import error_details_pb2
+
+    from tests.conftest import detail_of, rich_status
+
+    env = dict(RUNNER_MAX_QUEUED="3")
+    a = await spawn(tmp_path / "a.db", **replica_env(postgres_url, "a", **env))
+    b = await spawn(tmp_path / "b.db", **replica_env(postgres_url, "b", **env))
+    busy = [await stub.SubmitRun(diagnostic(**LONG), timeout=5) for stub in (a.stub, b.stub)]
+    for run in busy:  # one worker each, both busy
+        await until(
+            lambda run=run: query(postgres_url, "SELECT state FROM runs WHERE run_id = :r", r=run.run_id)[0][0] == 2,
+            10,
+            "the run claimed",
+        )
+    accepted = [await stub.SubmitRun(diagnostic(ticks=1), timeout=5) for stub in (a.stub, b.stub, a.stub)]
+    assert [run.state for run in accepted] == [pb.QUEUED] * 3
+    for stub in (a.stub, b.stub):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.SubmitRun(diagnostic(ticks=1), timeout=5)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = detail_of(rich_status(err.value), error_details_pb2.ErrorInfo)
+        assert info.reason == "QUEUE_FULL"
+    assert query(postgres_url, "SELECT count(*) FROM runs WHERE state = 1")[0][0] == 3
