@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.runner.v1 import runner_pb2
 from runner_service import servicer as servicer_mod
+from runner_service import tls
 from runner_service.audit import AuditLog
 from runner_service.diagnostics import Diagnostics, Load, to_proto
 from runner_service.health import Health
@@ -26,6 +27,21 @@ log = logging.getLogger(__name__)
 
 # Deep diagnostics are memoized this long (not in the testing profile).
 DIAGNOSTICS_TTL_S = 5.0
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The gRPC port's TLS credentials from the settings' PEM files (None: plaintext). With a
+    client CA, a client must present a certificate it signed (mTLS). Raises ValueError naming the
+    setting at fault (an unreadable file, not PEM, a key that does not match its certificate)."""
+    if not settings.tls_cert_file:
+        return None
+    cert, key = tls.load_key_pair(
+        "RUNNER_TLS_CERT_FILE", settings.tls_cert_file, "RUNNER_TLS_KEY_FILE", settings.tls_key_file
+    )
+    client_ca = None
+    if settings.tls_client_ca_file:
+        client_ca = tls.load_ca("RUNNER_TLS_CLIENT_CA_FILE", settings.tls_client_ca_file)
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=bool(client_ca))
 
 
 class RunnerApp:
@@ -79,6 +95,11 @@ class RunnerApp:
         self._stopped = asyncio.Event()
         self._stopping = False
 
+    @property
+    def tls_mode(self) -> str:
+        """``plaintext``, ``tls`` or ``mtls`` (client certificates required)."""
+        return tls.mode(self.settings.tls_cert_file, self.settings.tls_client_ca_file)
+
     def resilience(self) -> runner_pb2.Resilience:
         """The memoized resilience picture as GetResilience and GetStatus give it."""
         return to_proto(self.diagnostics.snapshot(), self.settings, self.scheduler.pool.watchdog)
@@ -98,16 +119,23 @@ class RunnerApp:
         """Open the store (migrations), recover, start workers, then listen.
         Returns the bound port."""
         log.info("starting runner", extra={"database": redact_url(self.settings.database_url)})
+        credentials = server_credentials(self.settings)  # a bad certificate fails before anything starts
         await self.store.start()
         if self.membership is not None:
             await self.membership.join()
         await self.scheduler.start()
-        self.port = self.server.add_insecure_port(self.settings.listen)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(self.settings.listen)
+        else:
+            self.port = self.server.add_secure_port(self.settings.listen, credentials)
         if not self.port:
             raise RuntimeError(f"cannot listen on {self.settings.listen}")
         await self.server.start()
         await self.health.start()
-        log.info("runner listening", extra={"listen": self.settings.listen, "port": self.port})
+        log.info(
+            "runner listening",
+            extra={"listen": self.settings.listen, "port": self.port, "tls": self.tls_mode},
+        )
         return self.port
 
     async def abort(self) -> None:
@@ -156,7 +184,7 @@ async def serve(settings: Settings) -> None:
         log.debug("start-up failure", exc_info=True)
         await app.abort()
         raise SystemExit(1) from None
-    print(f"runner: gRPC on {settings.listen} (health: grpc.health.v1)", flush=True)
+    print(f"runner: gRPC on {settings.listen} ({app.tls_mode}; health: grpc.health.v1)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
