@@ -155,6 +155,20 @@ async def test_tls_and_mtls_pass_with_the_ca_and_the_client_certificate(pki):
         assert "UNAVAILABLE" in one_line(err)
 
 
+async def test_a_tls_runner_with_client_certificates_passes_only_with_them(start_runner, pki):
+    async with start_runner(
+        tls_cert_file=pki.server_cert, tls_key_file=pki.server_key, tls_client_ca_file=pki.ca
+    ) as runner:
+        tls = ["--target", runner.address, "--tls-ca", pki.ca]
+        code, out, err = await probe(*tls, "--tls-cert", pki.client_cert, "--tls-key", pki.client_key)
+        assert (code, err) == (0, ""), err
+        assert "'readiness': SERVING" in one_line(out)
+        for args in (tls, ["--target", runner.address]):  # no client certificate; plaintext
+            code, out, err = await probe(*args)
+            assert (code, out) == (1, "")
+            assert "UNAVAILABLE" in one_line(err)
+
+
 @pytest.mark.parametrize(
     "args, env",
     [
