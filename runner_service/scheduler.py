@@ -25,7 +25,15 @@ from runner_service.notifications import RECONNECTED
 from runner_service.progress import Hub, RunChannel
 from runner_service.runs import CancelReason, RunState, kind_of
 from runner_service.settings import parse_jobs
-from runner_service.store import QueueLimitReached, RunRecord, Store, StoreClosed, StoreError, now_us
+from runner_service.store import (
+    QueueLimitReached,
+    RunRecord,
+    RunTakenOver,
+    Store,
+    StoreClosed,
+    StoreError,
+    now_us,
+)
 from runner_service.watchdog import Watchdog
 from runner_service.workers import HandoverFailed, Worker, WorkerPool
 
@@ -909,7 +917,7 @@ class Scheduler:
         )
         changes.update(final)
         events.extend(convert.event_to_stored(ev) for ev in to_publish)
-        fut = self._store.write(record.run_id, changes, events)
+        fut = self._store.write(record.run_id, changes, events, self._fence(record))
         task = self.loop.create_task(self._publish_final(live, final, to_publish, fut), name=f"finish-{record.run_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -923,6 +931,9 @@ class Scheduler:
         record = live.record
         try:
             await fut
+        except RunTakenOver:
+            self._taken_over(live)
+            return
         except StoreError as exc:
             log.error(
                 "the final state of a run could not be stored",
@@ -964,8 +975,8 @@ class Scheduler:
         )
         final = {"state": RunState.FAILED, "end_us": now, "update_us": now, "error": error.SerializeToString()}
         try:
-            await self._store.write(record.run_id, dict(final), [convert.event_to_stored(event)])
-        except StoreError:
+            await self._store.write(record.run_id, dict(final), [convert.event_to_stored(event)], self._fence(record))
+        except (StoreError, RunTakenOver):
             return None
         return final, [event]
 
@@ -991,7 +1002,7 @@ class Scheduler:
             state=RunState.QUEUED, start_us=None, update_us=now, replica="", attempt=attempt, cancel_requested=False
         )
         events.append(convert.event_to_stored(event))
-        fut = self._store.write(record.run_id, changes, events)
+        fut = self._store.write(record.run_id, changes, events, self._fence(record))
         worker, live.worker = live.worker, None
         if worker is not None:
             self.pool.release(worker)
@@ -1007,6 +1018,22 @@ class Scheduler:
                 live.done.set_result(None)
 
         fut.add_done_callback(written)
+
+    def _fence(self, record: RunRecord) -> tuple[str, int] | None:
+        """With the queue in the database, a run's last write as this replica's holds
+        only while the run is still this replica's (see Store.write)."""
+        if self._shared and record.state == RunState.RUNNING:
+            return (self._settings.replica, record.attempt)
+        return None
+
+    def _taken_over(self, live: LiveRun) -> None:
+        log.warning(
+            "run taken over while this replica was silent; its outcome here is dropped",
+            extra={"run_id": live.record.run_id},
+        )
+        self._release_live(live, aborted=True)
+        if not live.done.done():
+            live.done.set_result(None)
 
     def abandon(self) -> None:
         """This replica's lease was lost: the leader has ended or requeued its runs

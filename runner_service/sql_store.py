@@ -55,15 +55,16 @@ log = logging.getLogger(__name__)
 
 
 class _Op:
-    __slots__ = ("changes", "error", "events", "future", "max_waiting", "record", "result", "run_id")
+    __slots__ = ("changes", "error", "events", "fence", "future", "max_waiting", "record", "result", "run_id")
 
-    def __init__(self, run_id, changes, events, record, future, max_waiting=None):
+    def __init__(self, run_id, changes, events, record, future, max_waiting=None, fence=None):
         self.run_id = run_id
         self.changes = changes
         self.events = events
         self.record = record  # set for a submission
         self.future = future
         self.max_waiting = max_waiting  # a submission refused when this many runs are QUEUED
+        self.fence = fence  # (replica, attempt): applied only while the run is still theirs
         self.result = None
         self.error: BaseException | None = None
 
@@ -260,8 +261,14 @@ class SqlStore(store.Store):
         op = _Op(record.run_id, None, (first_event,), record, self._new_future(), max_waiting)
         return await self._enqueue(op)
 
-    def write(self, run_id: str, changes: dict | None, events: Sequence[StoredEvent] = ()) -> asyncio.Future:
-        op = _Op(run_id, changes, tuple(events), None, self._new_future())
+    def write(
+        self,
+        run_id: str,
+        changes: dict | None,
+        events: Sequence[StoredEvent] = (),
+        fence: tuple[str, int] | None = None,
+    ) -> asyncio.Future:
+        op = _Op(run_id, changes, tuple(events), None, self._new_future(), fence=fence)
         if self._closed:
             op.future.set_exception(StoreClosed("store is closed"))
             return op.future
@@ -448,8 +455,12 @@ class SqlStore(store.Store):
             self._apply_submits(conn, submits)
         changes: dict[str, dict] = {}
         events: list[dict] = []
+        fenced = []
         for op in batch:
             if op.record is not None:
+                continue
+            if op.fence is not None:
+                fenced.append(op)
                 continue
             if op.changes:
                 changes.setdefault(op.run_id, {}).update(op.changes)
@@ -470,6 +481,37 @@ class SqlStore(store.Store):
             by_columns.setdefault(tuple(sorted(values)), []).append(params)
         for columns, rows in by_columns.items():
             conn.execute(_update_statement(columns), rows)
+        for op in fenced:  # after the batch's other writes, which come before them
+            self._apply_fenced(conn, op)
+
+    def _apply_fenced(self, conn: sa.Connection, op: _Op) -> None:
+        """A write that holds only while the run is RUNNING on op.fence's replica and
+        attempt: a replica whose lease expired must not overwrite what the leader
+        (or the run's next owner) stored. Refused with RunTakenOver otherwise."""
+        op.error = None
+        replica, attempt = op.fence
+        values = dict(op.changes or {})
+        if "state" in values:
+            values["state"] = int(values["state"])
+        if op.events:
+            values["last_seq"] = max(ev.seq for ev in op.events)
+        done = conn.execute(
+            sa.update(runs)
+            .where(
+                runs.c.run_id == op.run_id,
+                runs.c.state == int(RunState.RUNNING),
+                runs.c.replica == replica,
+                runs.c.attempt == attempt,
+            )
+            .values(**values)
+        )
+        if not done.rowcount:
+            op.error = store.RunTakenOver(f"run {op.run_id} is no longer held by {replica} (attempt {attempt})")
+            return
+        if op.events:
+            conn.execute(sa.insert(run_events), [event_row(ev) for ev in op.events])
+            if self._notify:
+                coordination.notify(conn, coordination.CHANNEL_EVENTS, [op.run_id])
 
     def _apply_submits(self, conn: sa.Connection, submits: list[_Op]) -> None:
         waiting = None

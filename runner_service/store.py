@@ -89,6 +89,11 @@ class PoolExhausted(StoreError):
     retry_after_s = 1.0
 
 
+class RunTakenOver(Exception):
+    """A fenced write found its run no longer held by its replica and attempt (the
+    replica's lease expired and the run was ended or requeued by the leader)."""
+
+
 class QueueLimitReached(Exception):
     """A submission found the queue full in the database (admission across replicas)."""
 
@@ -131,13 +136,21 @@ class Store(abc.ABC):
         in the database; the count and the insert are one transaction."""
 
     @abc.abstractmethod
-    def write(self, run_id: str, changes: dict | None, events: Sequence[StoredEvent] = ()) -> asyncio.Future:
+    def write(
+        self,
+        run_id: str,
+        changes: dict | None,
+        events: Sequence[StoredEvent] = (),
+        fence: tuple[str, int] | None = None,
+    ) -> asyncio.Future:
         """Queue an update of a run's columns and new events, applied in call
         order. Returns a future resolved once committed (awaiting it is optional).
         A write that fails for a transient reason (database unreachable, disk
         full) is held and retried with backoff, in order, while the process
         lives; the future fails only when the database refuses the write for
-        good or the store closes first."""
+        good or the store closes first. With fence=(replica, attempt) the write
+        applies only while the run is RUNNING on that replica and attempt, and
+        fails with RunTakenOver otherwise (nothing of it is stored)."""
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> RunRecord | None: ...

@@ -225,6 +225,9 @@ async def test_cancel_watch_and_execute_across_replicas(spawn, postgres_url, tmp
     on_a = await a.stub.SubmitRun(diagnostic(log_every=50, **LONG), timeout=5)
     await wait_for_state(a.stub, on_a.run_id, pb.RUNNING)
     b = await spawn(tmp_path / "b.db", **replica_env(postgres_url, "b"))
+    busy = await b.stub.SubmitRun(diagnostic(**LONG), timeout=5)  # b's only worker, from now on
+    await wait_for_state(b.stub, busy.run_id, pb.RUNNING)
+    assert query(postgres_url, "SELECT replica FROM runs WHERE run_id = :r", r=busy.run_id)[0][0] == "b"
 
     # WatchRun through b of a run on a: every event in order, then the terminal one.
     watched = []
@@ -249,13 +252,6 @@ async def test_cancel_watch_and_execute_across_replicas(spawn, postgres_url, tmp
     assert (await a.stub.GetRun(pb.GetRunRequest(run_id=on_a.run_id), timeout=5)).replica == "a"
 
     # ExecuteRun through b while b's worker is busy: a runs it; the call cancelled on b cancels it on a.
-    busy = await b.stub.SubmitRun(diagnostic(**LONG), timeout=5)
-    await wait_for_state(b.stub, busy.run_id, pb.RUNNING)
-    await until(
-        lambda: query(postgres_url, "SELECT replica FROM runs WHERE run_id = :r", r=busy.run_id)[0][0] == "b",
-        10,
-        "the busy run on b",
-    )
     call = b.stub.ExecuteRun(diagnostic(**LONG), timeout=30)
     run_id = None
     async for event in call:
@@ -406,3 +402,47 @@ async def test_admission_counts_the_queue_across_replicas(spawn, postgres_url, t
         info = detail_of(rich_status(err.value), error_details_pb2.ErrorInfo)
         assert info.reason == "QUEUE_FULL"
     assert query(postgres_url, "SELECT count(*) FROM runs WHERE state = 1")[0][0] == 3
+
+
+async def test_a_replica_silent_past_its_lease_cannot_overwrite_what_the_leader_stored(spawn, postgres_url, tmp_path):  # noqa: F811
+    """SIGSTOP a replica for longer than its lease: the leader ends (or requeues) its
+    runs. When it wakes up, its jobs' late outcomes are dropped, not written over
+    the leader's, and it takes work again under a new lease."""
+    b = await spawn(tmp_path / "b.db", **replica_env(postgres_url, "b"))
+    await until(lambda: query(postgres_url, "SELECT holder FROM leader_lock")[0][0] == "b", 10, "b to lead")
+    busy_b = await b.stub.SubmitRun(diagnostic(ticks=300, tick_s=0.02), timeout=5)  # b's worker, 6 s
+    await wait_for_state(b.stub, busy_b.run_id, pb.RUNNING)
+    a = await spawn(tmp_path / "a.db", **replica_env(postgres_url, "a", RUNNER_WORKERS="2"))
+    once = await a.stub.SubmitRun(diagnostic(ticks=100, tick_s=0.02), timeout=5)
+    retry_request = diagnostic(ticks=100, tick_s=0.02)
+    retry_request.max_attempts = 2
+    retried = await a.stub.SubmitRun(retry_request, timeout=5)
+    await until(
+        lambda: query(postgres_url, "SELECT count(*) FROM runs WHERE replica = 'a' AND state = 2")[0][0] == 2,
+        10,
+        "both runs stored RUNNING on a",
+    )
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        await until(
+            lambda: (
+                query(postgres_url, "SELECT state FROM runs WHERE run_id = :r", r=once.run_id)[0][0] == pb.INTERRUPTED
+            ),
+            15,
+            "the leader to end the silent replica's run",
+        )
+
+        await asyncio.sleep(2.5)  # a's jobs end meanwhile; their outcomes wait in a's sockets
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    retried_events = await events_of(b.stub, retried.run_id, timeout=30)
+    assert final_state(retried_events) == pb.SUCCEEDED
+    again = await b.stub.GetRun(pb.GetRunRequest(run_id=retried.run_id), timeout=5)
+    assert again.attempt == 2 and again.replica in ("a", "b")  # a, back under a new lease, may claim it too
+    await asyncio.sleep(2.0)  # let a act on what it found when it woke up
+    assert state_changes(postgres_url, once.run_id)[-1] == (pb.RUNNING, pb.INTERRUPTED)
+    assert state_changes(postgres_url, retried.run_id)[-1] == (pb.RUNNING, pb.SUCCEEDED)
+    assert (await a.stub.GetRun(pb.GetRunRequest(run_id=once.run_id), timeout=5)).state == pb.INTERRUPTED
+    fresh = await a.stub.SubmitRun(diagnostic(ticks=1), timeout=5)
+    assert final_state(await events_of(a.stub, fresh.run_id)) == pb.SUCCEEDED
+    assert query(postgres_url, "SELECT count(*) FROM replicas WHERE name = 'a' AND expires_us > 0")[0][0] == 1
