@@ -9,16 +9,20 @@ import asyncio
 import os
 import pathlib
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 
 import grpc
+import httpx
 import pytest
 import sqlalchemy as sa
+from google.protobuf import json_format
 
 from protos.runner.v1 import runner_pb2 as pb
 from tests.conftest import diagnostic, events_of, final_state, wait_for_state
-from tests.e2e.test_process import spawn, until  # noqa: F401 - spawn is a fixture
+from tests.e2e.test_process import REPO, free_port, spawn, until  # noqa: F401 - spawn is a fixture
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -110,9 +114,41 @@ async def test_300_runs_through_two_replicas_each_execute_exactly_once(spawn, po
     b = await spawn(tmp_path / "unused-b.db", **replica_env(postgres_url, "b", **env))
     effects = tmp_path / "effects.txt"
     stubs = [a.stub, b.stub]
+    port = free_port()
+    genv = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "GATEWAY_"))}
+    genv.update(GATEWAY_LISTEN=f"127.0.0.1:{port}", GATEWAY_UPSTREAM=f"ipv4:{a.address},{b.address}")
+    with open(tmp_path / "gateway.err", "wb") as err:
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=REPO, env=genv, stderr=err)
     runs = []
-    for i in range(300):
-        runs.append(await submit_retrying(stubs, counted(effects, f"k{i}", request_id=f"r{i}"), start=i))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+
+            async def ready() -> bool:
+                try:
+                    return (await http.get("/health/ready")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            deadline = time.monotonic() + 30
+            while not await ready():
+                assert gateway.poll() is None and time.monotonic() < deadline, "the gateway did not start"
+                await asyncio.sleep(0.1)
+            for i in range(300):  # through a, b and the gateway in turn
+                request = counted(effects, f"k{i}", request_id=f"r{i}")
+                if i % 3 == 2:
+                    body = json_format.MessageToDict(request)
+                    for _ in range(200):
+                        answer = await http.post("/v1/runs", json=body)
+                        if answer.status_code not in (429, 503):
+                            break
+                        await asyncio.sleep(0.05)
+                    assert answer.status_code == 200, answer.text
+                    runs.append(json_format.ParseDict(answer.json(), pb.Run(), ignore_unknown_fields=True))
+                else:
+                    runs.append(await submit_retrying(stubs, request, start=i))
+    finally:
+        gateway.terminate()
+        gateway.wait(10)
     assert len({run.run_id for run in runs}) == 300
 
     async def ended() -> bool:
