@@ -19,10 +19,12 @@ from collections.abc import AsyncIterator
 from google.protobuf import struct_pb2
 
 from protos.runner.v1 import runner_pb2 as pb
-from runner_service import convert, coordination, endings, errors, ipc, jobs
+from runner_service import convert, errors, ipc, jobs
+from runner_service.claims import HEAVY_KINDS, Claims
 from runner_service.endings import final_error
-from runner_service.notifications import RECONNECTED
-from runner_service.progress import Hub, RunChannel
+from runner_service.journal import Journal
+from runner_service.live import LiveRun
+from runner_service.progress import Hub
 from runner_service.runs import CancelReason, RunState, kind_of
 from runner_service.settings import parse_jobs
 from runner_service.store import (
@@ -35,155 +37,19 @@ from runner_service.store import (
     now_us,
 )
 from runner_service.watchdog import Watchdog
+from runner_service.watching import Watching
 from runner_service.workers import HandoverFailed, Worker, WorkerPool
 
 log = logging.getLogger(__name__)
 
-STATE_FLUSH_S = 0.005
-REPLAY_PAGE = 500
-# Kinds that run many simulations at once share their own concurrency limit
-# (settings.max_heavy_concurrent) so they cannot take every worker.
-HEAVY_KINDS = frozenset({"compare", "sweep"})
-# Back-pressure: past this many unwritten store writes (a job logging faster than
-# the database takes it, or a database that is down) the workers' messages are not
-# read, so jobs block on their own sockets; reading resumes below the low mark.
-WRITE_BACKLOG_HIGH = 5000
-WRITE_BACKLOG_LOW = 1000
 # A run whose hand-over to a worker fails this many times ends FAILED
 # (HANDOVER_FAILED) instead of taking worker after worker down with it.
 MAX_HANDOVER_ATTEMPTS = 3
-# Cancel notifications for runs not (yet) adopted here: a claim may be in flight.
-EARLY_CANCELS_MAX = 1000
 
 
 def _retrieve(task: asyncio.Task) -> None:
     if not task.cancelled():
         task.exception()
-
-
-class LiveRun:
-    __slots__ = (
-        "cancel_reason",
-        "channel",
-        "deadline_handle",
-        "done",
-        "finishing",
-        "handover_failures",
-        "kill_handle",
-        "last_beat",
-        "pending_progress",
-        "record",
-        "spec",
-        "token",
-        "unwritten",
-        "unwritten_changes",
-        "worker",
-    )
-
-    def __init__(self, record: RunRecord, spec: pb.RunSpec, channel: RunChannel, done: asyncio.Future) -> None:
-        self.record = record
-        self.spec = spec
-        self.channel = channel
-        self.cancel_reason: CancelReason | None = None
-        self.worker: Worker | None = None
-        self.token = 0
-        self.deadline_handle: asyncio.TimerHandle | None = None
-        self.kill_handle: asyncio.TimerHandle | None = None
-        self.pending_progress: pb.RunEvent | None = None  # published, not yet written
-        self.unwritten: list[pb.RunEvent] = []  # published state changes written behind
-        self.unwritten_changes: dict = {}
-        self.done = done  # resolved with the final state once it is committed
-        self.finishing = False
-        self.last_beat = 0.0  # loop time of the last sign of life of its worker
-        self.handover_failures = 0
-
-
-class Mirror:
-    """A run held by another replica (or still queued), followed from the database
-    for the watchers here: one reader per run, however many watch it, woken by the
-    database's notifications and polling meanwhile. Its channel gives the watchers
-    the guarantees of a run held here (seq order, conflated progress, bounded queues)."""
-
-    def __init__(self, scheduler: Scheduler, run_id: str) -> None:
-        self._scheduler = scheduler
-        self.run_id = run_id
-        self.stopped = False
-        self._wake = asyncio.Event()
-        self._channel: asyncio.Future[RunChannel | None] = scheduler.loop.create_future()
-        self._task = scheduler.loop.create_task(self._follow(), name=f"mirror-{run_id}")
-        self._task.add_done_callback(self._ended)
-
-    async def opened(self) -> RunChannel | None:
-        """The channel to subscribe to; None when the run has ended (replay it).
-        Raises NotFound."""
-        return await asyncio.shield(self._channel)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, aborted: bool = False) -> None:
-        if not self.stopped:
-            self.stopped = True
-            self._task.cancel()
-            if self._channel.done() and not self._channel.cancelled() and self._channel.exception() is None:
-                channel = self._channel.result()
-                if channel is not None:
-                    channel.close(aborted)
-
-    def _ended(self, task: asyncio.Task) -> None:
-        self.stopped = True
-        if self._scheduler._mirrors.get(self.run_id) is self:
-            del self._scheduler._mirrors[self.run_id]
-        if not self._channel.done():
-            self._channel.set_exception(errors.Draining())
-            self._channel.exception()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("following a run failed", exc_info=task.exception(), extra={"run_id": self.run_id})
-            channel = self._channel.result() if self._channel.exception() is None else None
-            if channel is not None:
-                channel.close(aborted=True)
-
-    async def _follow(self) -> None:
-        scheduler = self._scheduler
-        store = scheduler._store
-        try:
-            record = await store.get_run(self.run_id)
-        except StoreError as exc:
-            self._channel.set_exception(exc)
-            return
-        if record is None:
-            self._channel.set_exception(errors.NotFound(f"run {self.run_id!r} not found"))
-            return
-        if record.state.terminal:
-            self._channel.set_result(None)
-            return
-        settings = scheduler._settings
-        channel = RunChannel(
-            self.run_id, record.last_seq, settings.watcher_queue_size, (), settings.watch_progress_interval_s
-        )
-        self._channel.set_result(channel)
-        last = record.last_seq
-        while True:
-            self._wake.clear()
-            try:
-                page = await store.list_events(self.run_id, last, None, REPLAY_PAGE)
-            except StoreError:
-                page = []  # the database is failing: try again at the next poll
-            for stored in page:
-                event = convert.stored_to_event(stored)
-                channel.last_seq = event.seq
-                channel.publish(event)
-                channel.mark_persisted(event.seq)
-                last = event.seq
-                if event.WhichOneof("event") == "state_change" and RunState(event.state_change.state).terminal:
-                    channel.close()
-                    return
-            if len(page) == REPLAY_PAGE:
-                continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), settings.claim_poll_s)
-            except TimeoutError:
-                pass
 
 
 class Scheduler:
@@ -211,30 +77,24 @@ class Scheduler:
             max_result_bytes=settings.max_result_bytes,
             start_timeout_s=settings.worker_start_timeout_s,
         )
-        self.pool.on_idle = self._dispatch
+        self.pool.on_idle = self.dispatch
+        self.journal = Journal(settings, store, self.pool, lambda: self._live.values())
+        self.watching = Watching(settings, store, hub)
         self._queue: collections.deque[LiveRun] = collections.deque()
         self._live: dict[str, LiveRun] = {}
         self._by_token: dict[int, LiveRun] = {}
         self._by_request_id: dict[str, LiveRun] = {}
         self._reserved = 0
         self._tokens = itertools.count(1)
-        self._dirty: set[LiveRun] = set()
         self._tasks: set[asyncio.Task] = set()
         self._flusher: asyncio.Task | None = None
-        self._state_flush: asyncio.TimerHandle | None = None
         self._liveness: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
-        self._held_back = False  # the workers are not read until the store catches up
         # The queue in the database (replicas): this process holds only the runs it
         # executes; _queue holds runs it claimed that wait for a worker.
         self._shared = settings.queue_in_database
-        self._claiming: asyncio.Task | None = None
-        self._claim_again = False
-        self._claim_failing = False
-        self._mirrors: dict[str, Mirror] = {}
-        self._early_cancels: collections.OrderedDict[str, bool] = collections.OrderedDict()
-        self._poller: asyncio.Task | None = None
+        self.claims = Claims(self, settings, store) if self._shared else None
         self.dead_tasks: list[str] = []  # background tasks that died (readiness reads it)
 
     @property
@@ -246,8 +106,8 @@ class Scheduler:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        if self._shared:
-            await self._recover_shared()
+        if self.claims is not None:
+            await self.claims.recover()
         else:
             interrupted, queued = await self._store.recover(self._settings.replica, self._interrupted_on_restart)
             if interrupted:
@@ -257,37 +117,13 @@ class Scheduler:
             for record in queued:
                 self._adopt(record)
         await self.pool.start()
-        self._flusher = self.loop.create_task(self._flush_progress_forever(), name="progress-flusher")
+        self._flusher = self.loop.create_task(self.journal.flush_forever(), name="progress-flusher")
         self._flusher.add_done_callback(self.supervise)
         self._liveness = self.loop.create_task(self._check_liveness_forever(), name="liveness-check")
         self._liveness.add_done_callback(self.supervise)
-        if self._shared:
-            channels = (coordination.CHANNEL_RUNS, coordination.CHANNEL_CANCEL, coordination.CHANNEL_EVENTS)
-            self._store.listen(channels, self._on_notifications)
-            self._poller = self.loop.create_task(self._poll_forever(), name="queue-poller")
-            self._poller.add_done_callback(self.supervise)
-        self._dispatch()
-
-    async def _recover_shared(self) -> None:
-        """Runs a previous process of this replica left RUNNING end INTERRUPTED (or
-        go back to the queue where they allow another attempt). Queued runs stay in
-        the database for whichever replica claims them."""
-        while True:
-            moved = await self._store.coordinate(
-                coordination.rescue,
-                500,
-                endings.REQUEUED_RESTART,
-                endings.RESTARTED,
-                endings.CANCELLED_LOST,
-                self._settings.replica,
-            )
-            if moved:
-                log.warning(
-                    "runs left running by a previous process of this replica recovered",
-                    extra={"runs": len(moved), "requeued": sum(r.state == RunState.QUEUED for r in moved)},
-                )
-            if len(moved) < 500:
-                return
+        if self.claims is not None:
+            self.claims.start()
+        self.dispatch()
 
     def _interrupted_on_restart(self, record: RunRecord):
         now = now_us()
@@ -320,24 +156,22 @@ class Scheduler:
         pending = [live.done for live in self._live.values() if live.finishing or live.worker is not None]
         if pending:
             await asyncio.wait(pending, timeout=self._settings.cancel_grace_s + 2.0)
-        if self._shared:  # claimed, never started: back to the queue for the other replicas
+        if self.claims is not None:  # claimed, never started: back to the queue for the other replicas
+            await self.claims.stop()  # a claim in flight first: its runs join the ones waiting here
             for live in list(self._queue):
                 self._requeue(live, "replica shutting down", count_attempt=False)
-            if self._claiming is not None:
-                await asyncio.wait([self._claiming], timeout=5.0)
         for live in list(self._queue):  # stays QUEUED in the store; its watchers must reconnect
             self._release_live(live, aborted=True)
         self._queue.clear()
-        for mirror in list(self._mirrors.values()):
-            mirror.stop(aborted=True)
-        for task in (self._flusher, self._liveness, self._poller):
+        self.watching.stop()
+        for task in (self._flusher, self._liveness):
             if task is not None:
                 task.cancel()
                 try:
                     await task
                 except asyncio.CancelledError:
                     pass
-        self._flush_dirty()
+        self.journal.flush()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
         await self.pool.stop()
@@ -402,12 +236,12 @@ class Scheduler:
         if not created:
             return stored, False
         if self._shared:  # whichever replica has a free worker claims it
-            self._dispatch()
+            self.dispatch()
             return dataclasses.replace(stored, labels=dict(stored.labels)), True
         # The caller gets the run as accepted (QUEUED), whatever happens next.
         accepted = dataclasses.replace(stored, labels=dict(stored.labels))
         self._adopt(stored, spec, first)
-        self._dispatch()
+        self.dispatch()
         return accepted, True
 
     def _adopt(self, record: RunRecord, spec: pb.RunSpec | None = None, first: pb.RunEvent | None = None) -> LiveRun:
@@ -427,12 +261,37 @@ class Scheduler:
 
     # ------------------------------------------------------------ dispatch
 
-    def _dispatch(self) -> None:
-        self._start_waiting()
-        if self._shared and not self.draining and self.pool.idle_count > len(self._queue):
-            self._request_claim()
+    def dispatch(self) -> None:
+        self.start_waiting()
+        if self.claims is not None and not self.draining and self.free_slots() > 0:
+            self.claims.request()
 
-    def _start_waiting(self) -> None:
+    def free_slots(self) -> int:
+        """Workers free for another run here, beyond the runs already waiting here."""
+        return self.pool.idle_count - len(self._queue)
+
+    def heavy_free(self) -> int:
+        """Runs of heavy kinds this replica may still start."""
+        return self._settings.max_heavy_concurrent - sum(
+            1 for live in self._live.values() if live.record.kind in HEAVY_KINDS
+        )
+
+    def take_claimed(self, record: RunRecord, cancel: bool) -> None:
+        """A run claimed from the database for this replica: hold it and start it
+        (or stop it at once when its cancel was asked meanwhile)."""
+        live = self._adopt(record)
+        if cancel or record.cancel_requested:
+            self._request_cancel(live, CancelReason.CLIENT_REQUEST)
+
+    def cancel_held(self, run_id: str) -> bool:
+        """Stop a run held here at a client's request; False if it is not held here."""
+        live = self._live.get(run_id)
+        if live is None:
+            return False
+        self._request_cancel(live, CancelReason.CLIENT_REQUEST)
+        return True
+
+    def start_waiting(self) -> None:
         """Start the runs waiting here while workers are free."""
         while self._queue and not self.draining:
             worker = self.pool.idle()
@@ -443,110 +302,6 @@ class Scheduler:
                 self.pool.keep_idle(worker)
                 return
             self._start(live, worker)
-
-    # ------------------------------------------------------------ claiming (queue in the database)
-
-    def _request_claim(self) -> None:
-        if self._claiming is not None:
-            self._claim_again = True
-            return
-        self._claiming = self.loop.create_task(self._claim_while_free(), name="claim")
-        self._claiming.add_done_callback(self._claim_done)
-
-    def _claim_done(self, task: asyncio.Task) -> None:
-        self._claiming = None
-        self.supervise(task)
-
-    async def _claim_while_free(self) -> None:
-        """Claim queued runs from the database while this replica has free workers:
-        oldest first, heavy kinds within their limit here."""
-        while not self.draining:
-            self._claim_again = False
-            free = self.pool.idle_count - len(self._queue)
-            if free <= 0:
-                return
-            heavy_free = self._settings.max_heavy_concurrent - sum(
-                1 for live in self._live.values() if live.record.kind in HEAVY_KINDS
-            )
-            try:
-                records = await self._claim(free, heavy_free)
-            except StoreError as exc:
-                if not self._claim_failing:
-                    log.warning("cannot claim queued runs; polling", extra={"error": str(exc)})
-                self._claim_failing = True
-                return
-            if self._claim_failing:
-                log.info("claiming queued runs again")
-                self._claim_failing = False
-            for record in records:
-                live = self._adopt(record)
-                if self._early_cancels.pop(record.run_id, False) or record.cancel_requested:
-                    self._request_cancel(live, CancelReason.CLIENT_REQUEST)
-            if records:
-                self._start_waiting()
-            if len(records) < free and not self._claim_again:
-                return
-
-    async def _claim(self, free: int, heavy_free: int) -> list[RunRecord]:
-        replica = self._settings.replica
-        if heavy_free >= free:
-            return await self._store.coordinate(coordination.claim, replica, free, (), endings.STARTED)
-        if heavy_free <= 0:
-            return await self._store.coordinate(coordination.claim, replica, free, HEAVY_KINDS, endings.STARTED)
-        first = await self._store.coordinate(coordination.claim, replica, heavy_free, (), endings.STARTED)
-        if len(first) < heavy_free:
-            return first
-        rest = await self._store.coordinate(
-            coordination.claim, replica, free - heavy_free, HEAVY_KINDS, endings.STARTED
-        )
-        return first + rest
-
-    def _on_notifications(self, batch: list[tuple[str, str]]) -> None:
-        """What other replicas (and this one's commits) announced."""
-        claim = False
-        for channel, payload in batch:
-            if (channel, payload) == RECONNECTED:  # anything may have been missed
-                claim = True
-                for mirror in self._mirrors.values():
-                    mirror.wake()
-            elif channel == coordination.CHANNEL_RUNS:
-                claim = True
-            elif channel == coordination.CHANNEL_EVENTS:
-                followed = self._mirrors.get(payload)
-                if followed is not None:
-                    followed.wake()
-            elif channel == coordination.CHANNEL_CANCEL:
-                self._cancel_owned(payload)
-        if claim:
-            self._dispatch()
-
-    def _cancel_owned(self, run_id: str) -> None:
-        live = self._live.get(run_id)
-        if live is not None:
-            self._request_cancel(live, CancelReason.CLIENT_REQUEST)
-            return
-        self._early_cancels[run_id] = True  # it may be in a claim that has not returned yet
-        while len(self._early_cancels) > EARLY_CANCELS_MAX:
-            self._early_cancels.popitem(last=False)
-
-    async def _poll_forever(self) -> None:
-        """Every claim_poll_s: end queued runs whose own timeout passed while they
-        waited (SKIP LOCKED: replicas share the work), and, the fallback for missed
-        notifications, claim and look for cancels of runs held here."""
-        while True:
-            await asyncio.sleep(self._settings.claim_poll_s)
-            self._dispatch()
-            try:
-                await self._store.coordinate(coordination.expire_queued, 100, endings.EXPIRED)
-                if not self._live:
-                    continue
-                asked = await self._store.coordinate(coordination.cancels_for, self._settings.replica)
-            except StoreError:
-                continue
-            for run_id in asked:
-                live = self._live.get(run_id)
-                if live is not None and live.cancel_reason is None:
-                    self._request_cancel(live, CancelReason.CLIENT_REQUEST)
 
     def _next_startable(self) -> LiveRun | None:
         """The oldest queued run that may start now: FIFO, except that heavy runs
@@ -595,14 +350,10 @@ class Scheduler:
         record.replica = self._settings.replica
         event = convert.state_event(record.run_id, live.channel.next_seq(), now, RunState.RUNNING, previous, "started")
         changes = {"state": RunState.RUNNING, "start_us": now, "update_us": now, "replica": record.replica}
-        # Written behind (STATE_FLUSH_S): a short run's RUNNING and final states
+        # Written behind (journal.STATE_FLUSH_S): a short run's RUNNING and final states
         # then cost one commit. A crash in that window leaves the run QUEUED, so
         # it runs again after restart rather than ending INTERRUPTED.
-        live.unwritten.append(event)
-        live.unwritten_changes.update(changes)
-        self._dirty.add(live)
-        if self._state_flush is None:
-            self._state_flush = self.loop.call_later(STATE_FLUSH_S, self._flush_dirty)
+        self.journal.state_behind(live, event, changes)
         live.channel.publish(event)
 
     def _handover_failed(self, live: LiveRun, why: str) -> None:
@@ -632,52 +383,8 @@ class Scheduler:
             event = convert.state_event(
                 record.run_id, live.channel.next_seq(), now, RunState.QUEUED, RunState.RUNNING, "hand-over failed"
             )
-            self._emit(live, event, {"state": RunState.QUEUED, "start_us": None, "update_us": now})
+            self.journal.emit(live, event, {"state": RunState.QUEUED, "start_us": None, "update_us": now})
         self._queue.appendleft(live)
-
-    # ------------------------------------------------------------ events
-
-    def _emit(self, live: LiveRun, event: pb.RunEvent, changes: dict | None) -> None:
-        """Publish a non-progress event and queue it (after any unwritten progress) for the store."""
-        events, unwritten_changes = self._take_unwritten(live)
-        if changes:
-            unwritten_changes.update(changes)
-        events.append(convert.event_to_stored(event))
-        self._write(live, unwritten_changes, events, event.seq)
-        live.channel.publish(event)
-
-    def _take_unwritten(self, live: LiveRun) -> tuple[list, dict]:
-        """What was published for a run but not handed to the store yet, in seq order."""
-        pending = live.unwritten
-        changes = live.unwritten_changes
-        live.unwritten, live.unwritten_changes = [], {}
-        if live.pending_progress is not None:
-            pending.append(live.pending_progress)
-            changes.update(self._progress_columns(live.record))
-            live.pending_progress = None
-        self._dirty.discard(live)
-        pending.sort(key=lambda ev: ev.seq)
-        return [convert.event_to_stored(ev) for ev in pending], changes
-
-    def _write(self, live: LiveRun, changes: dict | None, events: list, seq: int) -> asyncio.Future:
-        fut = self._store.write(live.record.run_id, changes, events)
-        channel = live.channel
-
-        def persisted(f: asyncio.Future) -> None:
-            if not f.cancelled() and f.exception() is None:
-                channel.mark_persisted(seq)
-
-        fut.add_done_callback(persisted)
-        return fut
-
-    @staticmethod
-    def _progress_columns(record: RunRecord) -> dict:
-        return {
-            "progress_done": record.progress_done,
-            "progress_total": record.progress_total,
-            "progress_message": record.progress_message,
-            "update_us": record.update_us,
-        }
 
     def _on_message(self, worker: Worker, msg: object) -> None:
         live = self._by_token.get(getattr(msg, "token", 0))
@@ -699,19 +406,13 @@ class Scheduler:
             record.progress_done, record.progress_total, record.progress_message = msg.done, msg.total, msg.message
             record.update_us = now
             live.pending_progress = event
-            self._dirty.add(live)
+            self.journal.progress_behind(live)
             live.channel.publish(event)
         elif isinstance(msg, ipc.Log):
             event = pb.RunEvent(run_id=record.run_id, seq=live.channel.next_seq())
             event.time.FromMicroseconds(now_us())
             event.log.level, event.log.message = msg.level, msg.message
-            self._emit(live, event, None)
-            if self._store.backlog() > WRITE_BACKLOG_HIGH and not self._held_back:
-                log.warning(
-                    "store writes are behind; pausing the workers' messages", extra={"backlog": self._store.backlog()}
-                )
-                self._held_back = True
-                self.pool.pause_reading()
+            self.journal.emit(live, event, None)
         elif isinstance(msg, ipc.Done):
             result = struct_pb2.Struct()
             result.ParseFromString(msg.result)
@@ -736,7 +437,7 @@ class Scheduler:
         if not self.pool.has_taken(worker, live.token):
             # It died before it received the run: the run itself did nothing wrong.
             self._handover_failed(live, worker.failure or f"the worker exited (code {worker.process.exitcode})")
-            self._dispatch()
+            self.dispatch()
             return
         if live.cancel_reason is CancelReason.WORKER_LOST:
             message = f"the worker sent no heartbeat for {self._settings.heartbeat_timeout_s:g} s and was killed"
@@ -761,8 +462,8 @@ class Scheduler:
         running run ends once its job stops, at the latest after cancel_grace)."""
         live = self._live.get(run_id)
         if live is None:
-            if self._shared:
-                return await self._cancel_elsewhere(run_id)
+            if self.claims is not None:
+                return await self.claims.cancel_elsewhere(run_id)
             record = await self._store.get_run(run_id)
             if record is None:
                 raise errors.NotFound(f"run {run_id!r} not found")
@@ -774,37 +475,11 @@ class Scheduler:
         live = self._live.get(run_id)
         if live is not None:
             self._request_cancel(live, reason)
-        elif self._shared:
-            task = self.loop.create_task(self._cancel_elsewhere_retrying(run_id), name=f"cancel-{run_id}")
+        elif self.claims is not None:
+            task = self.loop.create_task(self.claims.cancel_elsewhere_retrying(run_id), name=f"cancel-{run_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             task.add_done_callback(_retrieve)
-
-    async def _cancel_elsewhere_retrying(self, run_id: str) -> None:
-        """_cancel_elsewhere for a caller that is gone (a cancelled ExecuteRun call):
-        nobody retries for it, so a failing database is retried here a few times."""
-        for delay in (0.05, 0.2, 1.0, 3.0, None):
-            try:
-                await self._cancel_elsewhere(run_id)
-                return
-            except StoreError as exc:
-                if delay is None:
-                    log.error("could not cancel a run held elsewhere", extra={"run_id": run_id, "error": str(exc)})
-                    return
-                await asyncio.sleep(delay)
-
-    async def _cancel_elsewhere(self, run_id: str) -> RunRecord:
-        """Cancel a run this replica does not hold: a queued one ends CANCELLED in
-        the database now; a running one is flagged and its owner notified."""
-        record, tell_owner = await self._store.coordinate(coordination.cancel, run_id, endings.CANCELLED_QUEUED)
-        if record is None:
-            raise errors.NotFound(f"run {run_id!r} not found")
-        if tell_owner and record.replica == self._settings.replica:
-            self._cancel_owned(run_id)  # claimed here a moment ago
-        mirror = self._mirrors.get(run_id)
-        if mirror is not None:
-            mirror.wake()
-        return record
 
     def _request_cancel(self, live: LiveRun, reason: CancelReason, grace_s: float | None = None) -> None:
         if live.finishing:
@@ -901,7 +576,7 @@ class Scheduler:
             pass
         record = live.record
         now = now_us()
-        events, changes = self._take_unwritten(live)
+        events, changes = self.journal.take_unwritten(live)
         final = {"state": state, "end_us": now, "update_us": now}
         to_publish = []
         if result is not None:
@@ -994,7 +669,7 @@ class Scheduler:
             pass
         record = live.record
         now = now_us()
-        events, changes = self._take_unwritten(live)
+        events, changes = self.journal.take_unwritten(live)
         event = convert.state_event(record.run_id, live.channel.next_seq(), now, RunState.QUEUED, record.state, reason)
         attempt = record.attempt + 1 if count_attempt else record.attempt
         # The stop was this replica's own (its shutdown), not a request to cancel the run.
@@ -1044,7 +719,7 @@ class Scheduler:
             worker, live.worker = live.worker, None
             if worker is not None:
                 self.pool.kill(worker)
-            self._dirty.discard(live)
+            self.journal.forget(live)
             self._release_live(live, aborted=True)
             if not live.done.done():
                 live.done.set_result(None)
@@ -1060,33 +735,6 @@ class Scheduler:
         if live.record.request_id:
             self._by_request_id.pop(live.record.request_id, None)
 
-    # ------------------------------------------------------------ progress write-behind
-
-    async def _flush_progress_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.progress_flush_interval_s)
-            self._flush_dirty()
-            if self._held_back and self._store.backlog() < WRITE_BACKLOG_LOW:
-                self._held_back = False
-                log.warning("store writes caught up; reading the workers' messages again")
-                now = self.loop.time()
-                for live in self._live.values():  # they were silent because we did not listen
-                    live.last_beat = now
-                self.pool.resume_reading()
-
-    def _flush_dirty(self) -> None:
-        """Hand every run's written-behind events and columns to the store."""
-        if self._state_flush is not None:
-            self._state_flush.cancel()
-            self._state_flush = None
-        dirty, self._dirty = self._dirty, set()
-        for live in dirty:
-            if live.finishing:
-                continue
-            events, changes = self._take_unwritten(live)
-            if events or changes:
-                self._write(live, changes, events, max((ev.seq for ev in events), default=0))
-
     # ------------------------------------------------------------ reads
 
     def live_record(self, run_id: str) -> RunRecord | None:
@@ -1096,58 +744,7 @@ class Scheduler:
     def live_run(self, run_id: str) -> LiveRun | None:
         return self._live.get(run_id)
 
-    async def watch(self, run_id: str, after_seq: int) -> AsyncIterator[pb.RunEvent]:
+    def watch(self, run_id: str, after_seq: int) -> AsyncIterator[pb.RunEvent]:
         """A run's events after after_seq, in seq order, ending after the terminal
-        one. Raises NotFound, or WatcherTooSlow when the watcher falls behind."""
-        channel = self._hub.get(run_id)
-        mirror = None
-        if channel is None and self._shared:  # held by another replica, or queued
-            mirror = self._mirror(run_id)
-            channel = await mirror.opened()
-        if channel is None:
-            if mirror is None and await self._store.get_run(run_id) is None:
-                raise errors.NotFound(f"run {run_id!r} not found")
-            async for event in self._replay(run_id, after_seq, None):
-                yield event
-            return
-        replay_up_to, tail, sub = channel.subscribe(after_seq)
-        try:
-            last = after_seq
-            async for event in self._replay(run_id, after_seq, replay_up_to):
-                last = event.seq
-                yield event
-            for event in tail:
-                if event.seq > last:
-                    last = event.seq
-                    yield event
-            sub.last_seq = last
-            while True:
-                try:
-                    following = await sub.next()
-                except OverflowError:
-                    raise errors.WatcherTooSlow(sub.last_seq) from None
-                except ConnectionAbortedError:
-                    raise errors.Draining() from None
-                if following is None:
-                    return
-                yield following
-        finally:
-            channel.unsubscribe(sub)
-            if mirror is not None and not channel.watchers:
-                mirror.stop()
-
-    def _mirror(self, run_id: str) -> Mirror:
-        mirror = self._mirrors.get(run_id)
-        if mirror is None or mirror.stopped:
-            mirror = Mirror(self, run_id)
-            self._mirrors[run_id] = mirror
-        return mirror
-
-    async def _replay(self, run_id: str, after_seq: int, up_to_seq: int | None) -> AsyncIterator[pb.RunEvent]:
-        while up_to_seq is None or after_seq < up_to_seq:
-            page = await self._store.list_events(run_id, after_seq, up_to_seq, REPLAY_PAGE)
-            for stored in page:
-                yield convert.stored_to_event(stored)
-            if len(page) < REPLAY_PAGE:
-                return
-            after_seq = page[-1].seq
+        one (see watching.py). Raises NotFound, or WatcherTooSlow."""
+        return self.watching.watch(run_id, after_seq)
