@@ -47,13 +47,14 @@ class Health:
         if self._shutdown:
             return
         reasons = []
-        if self._scheduler.draining:
+        status = self._scheduler.status()
+        if status.draining:
             reasons.append("draining")
-        if self._scheduler.dead_tasks:
-            reasons.append(f"background task died: {', '.join(self._scheduler.dead_tasks)}")
-        if not self._scheduler.pool.alive_workers():
+        if status.dead_tasks:
+            reasons.append(f"background task died: {', '.join(status.dead_tasks)}")
+        if not status.workers_alive:
             reasons.append("no worker process alive")
-        elif self._scheduler.queued and not self._scheduler.pool.ready_count:
+        elif status.queued and not status.workers_ready:
             reasons.append("runs are waiting and no worker can take them")
         try:
             await asyncio.wait_for(self._store.ping(), timeout=2.0)

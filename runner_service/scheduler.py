@@ -52,6 +52,19 @@ def _retrieve(task: asyncio.Task) -> None:
         task.exception()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SchedulerStatus:
+    queued: int  # runs waiting here (with the queue in the database: claimed, not started)
+    running: int
+    draining: bool
+    workers_size: int
+    workers_alive: int
+    workers_ready: int
+    workers_busy: int
+    restarts_total: int
+    dead_tasks: tuple[str, ...]  # background tasks that died
+
+
 class Scheduler:
     def __init__(self, settings, store: Store, hub: Hub, job_targets: dict[str, str] | None = None) -> None:
         self._settings = settings
@@ -165,12 +178,9 @@ class Scheduler:
         self._queue.clear()
         self.watching.stop()
         for task in (self._flusher, self._liveness):
-            if task is not None:
+            if task is not None and not task.done():  # a task that died was reported when it did
                 task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+                await asyncio.wait([task])
         self.journal.flush()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
@@ -185,6 +195,25 @@ class Scheduler:
     @property
     def running(self) -> int:
         return sum(1 for live in self._live.values() if live.worker is not None)
+
+    @property
+    def watchdog(self) -> Watchdog:
+        return self.pool.watchdog
+
+    def status(self) -> SchedulerStatus:
+        """A snapshot for health, diagnostics and the admin API; cheap, never blocks."""
+        pool = self.pool
+        return SchedulerStatus(
+            queued=len(self._queue),
+            running=self.running,
+            draining=self.draining,
+            workers_size=pool.size,
+            workers_alive=len(pool.alive_workers()),
+            workers_ready=pool.ready_count,
+            workers_busy=pool.busy_count,
+            restarts_total=pool.watchdog.restarts_total,
+            dead_tasks=tuple(self.dead_tasks),
+        )
 
     async def submit(self, request: pb.SubmitRunRequest) -> tuple[RunRecord, bool]:
         """Admit and durably store a run; returns (run, created). Raises Draining,

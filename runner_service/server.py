@@ -62,7 +62,7 @@ class RunnerApp:
         self.diagnostics = Diagnostics(
             self.store.breaker.status,
             self.store.status,
-            self.scheduler.pool.watchdog.policy,
+            self.scheduler.watchdog.policy,
             self._load,
             ttl_s=0.0 if settings.profile == "testing" else DIAGNOSTICS_TTL_S,
         )
@@ -102,17 +102,17 @@ class RunnerApp:
 
     def resilience(self) -> runner_pb2.Resilience:
         """The memoized resilience picture as GetResilience and GetStatus give it."""
-        return to_proto(self.diagnostics.snapshot(), self.settings, self.scheduler.pool.watchdog)
+        return to_proto(self.diagnostics.snapshot(), self.settings, self.scheduler.watchdog)
 
     def _load(self) -> Load:
-        scheduler = self.scheduler
+        status = self.scheduler.status()
         return Load(
-            queued=scheduler.queued,
-            running=scheduler.running,
+            queued=status.queued,
+            running=status.running,
             max_queued=self.settings.max_queued,
-            workers_alive=len(scheduler.pool.alive_workers()),
-            workers_size=scheduler.pool.size,
-            draining=scheduler.draining,
+            workers_alive=status.workers_alive,
+            workers_size=status.workers_size,
+            draining=status.draining,
         )
 
     async def start(self) -> int:

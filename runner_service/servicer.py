@@ -418,15 +418,14 @@ class AdminServicer(runner_pb2_grpc.AdminServiceServicer):
             raise errors.PermissionDenied("the token is not allowed to use the admin API")
 
     def _status(self) -> pb.AdminStatus:
-        pool = self._scheduler.pool
-        dog = pool.watchdog
-        policy = dog.policy()
-        status = pb.AdminStatus(queued=self._scheduler.queued, running=self._scheduler.running)
-        status.workers.size = pool.size
-        status.workers.alive = len(pool.alive_workers())
-        status.workers.busy = pool.busy_count
-        status.workers.restarts_total = dog.restarts_total
-        diagnostics.fill_watchdog(status.watchdog, dog, policy)
+        now = self._scheduler.status()
+        dog = self._scheduler.watchdog
+        status = pb.AdminStatus(queued=now.queued, running=now.running)
+        status.workers.size = now.workers_size
+        status.workers.alive = now.workers_alive
+        status.workers.busy = now.workers_busy
+        status.workers.restarts_total = now.restarts_total
+        diagnostics.fill_watchdog(status.watchdog, dog, dog.policy())
         if self._resilience is not None:
             status.resilience.CopyFrom(self._resilience())
         return status
@@ -440,12 +439,12 @@ class AdminServicer(runner_pb2_grpc.AdminServiceServicer):
     async def RestartWorkers(self, request: pb.RestartWorkersRequest, context) -> pb.RestartWorkersResponse:
         self._authorize(context)
         _check(request)
-        policy = self._scheduler.pool.watchdog.policy()
+        policy = self._scheduler.watchdog.policy()
         override = policy.state == watchdog.BLOCKED
         if override and not request.acknowledge_override:
             raise errors.FailedPrecondition(
                 f"worker restarts are blocked: {policy.restarts_in_window} crashes in the last "
-                f"{self._scheduler.pool.watchdog.window_s:g} s; set acknowledge_override to restart anyway"
+                f"{self._scheduler.watchdog.window_s:g} s; set acknowledge_override to restart anyway"
             )
         await self._audit.record(
             "restart_workers",

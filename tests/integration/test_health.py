@@ -52,3 +52,27 @@ async def test_check_answers_while_every_worker_runs_a_cpu_bound_job(start_runne
             await stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id), timeout=5)
         for run in runs:
             assert final_state(await events_of(stub, run.run_id)) == pb.CANCELLED
+
+
+async def test_a_background_task_that_dies_turns_readiness_not_serving(runner):
+    """The progress flusher dies (an error nobody expected): the runner must not go
+    on taking work without it."""
+    journal = runner.app.scheduler.journal
+
+    def broken() -> None:
+        raise RuntimeError("the flusher broke")
+
+    journal.flush = broken  # the next round of the flusher raises
+    readiness = health_pb2.HealthCheckRequest(service="readiness")
+    call = runner.health.Watch(readiness, timeout=10)
+    statuses = []
+    async for answer in call:
+        statuses.append(answer.status)
+        if answer.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+    call.cancel()
+    assert statuses[0] == SERVING and statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert runner.app.scheduler.status().dead_tasks == ("progress-flusher",)
+    liveness = await runner.health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=2)
+    assert liveness.status == SERVING  # the process answers: an operator can look at it
+    del journal.flush  # the runner still shuts down cleanly (its final flush works again)
