@@ -87,6 +87,7 @@ def _update_statement(columns: tuple[str, ...]) -> sa.Update:
 
 
 _MAX_BATCH = 1000
+IDLE_IN_TRANSACTION_MIN_S = 5.0
 
 
 def make_engine(url: str, settings) -> sa.Engine:
@@ -121,13 +122,17 @@ def make_engine(url: str, settings) -> sa.Engine:
 
         return engine
     timeout_ms = int(settings.db_query_timeout_s * 1000)
+    # A session that sits in an open transaction this long belongs to a process that
+    # stopped (paused, cut off) mid-transaction: the server ends it, so the row locks
+    # it holds cannot keep the leader from rescuing its runs (SKIP LOCKED skips them).
+    idle_ms = int(max(IDLE_IN_TRANSACTION_MIN_S, settings.lease_ttl_s) * 1000)
     return sa.create_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
         pool_pre_ping=True,
-        connect_args={"options": f"-c statement_timeout={timeout_ms}"},
+        connect_args={"options": f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={idle_ms}"},
     )
 
 

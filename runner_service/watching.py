@@ -170,9 +170,9 @@ class Mirror:
             self._channel.set_result(None)
             return
         settings = self._watching.settings
-        channel = RunChannel(
-            self.run_id, record.last_seq, settings.watcher_queue_size, (), settings.watch_progress_interval_s
-        )
+        # Progress read from the store is already conflated by the owner's write-behind
+        # (one per progress flush): pacing it again here would only delay it.
+        channel = RunChannel(self.run_id, record.last_seq, settings.watcher_queue_size, (), 0.0)
         self._channel.set_result(channel)
         last = record.last_seq
         while True:

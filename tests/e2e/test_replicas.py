@@ -95,6 +95,15 @@ def state_changes(url: str, run_id: str) -> list[tuple[int, int]]:
     return out
 
 
+async def until_or_logs(replicas, predicate, timeout_s: float, what: str) -> None:
+    """until(), with the replicas' logs in the failure message."""
+    try:
+        await until(predicate, timeout_s, what)
+    except AssertionError as exc:
+        logs = "\n".join(f"--- {r.address}:\n{r.log_tail()}" for r in replicas)
+        raise AssertionError(f"{exc}\n{logs}") from None
+
+
 async def submit_retrying(stubs, request: pb.SubmitRunRequest, start: int = 0, attempts: int = 200) -> pb.Run:
     """Submit through the replicas in turn until one accepts (QUEUE_FULL waits)."""
     for attempt in range(attempts):
@@ -460,7 +469,8 @@ async def test_a_replica_silent_past_its_lease_cannot_overwrite_what_the_leader_
     )
     a.proc.send_signal(signal.SIGSTOP)
     try:
-        await until(
+        await until_or_logs(
+            [a, b],
             lambda: (
                 query(postgres_url, "SELECT state FROM runs WHERE run_id = :r", r=once.run_id)[0][0] == pb.INTERRUPTED
             ),
