@@ -167,11 +167,18 @@ def cancels_for(conn: sa.Connection, replica: str) -> list[str]:
 # ---------------------------------------------------------------- leases
 
 
-def register(conn: sa.Connection, name: str, incarnation: str, ttl_s: float) -> None:
+def register(conn: sa.Connection, name: str, incarnation: str, ttl_s: float) -> bool:
+    """Take the lease of replica `name`. False while another process holds it
+    unexpired (a live replica of that name, or one that died less than a TTL ago)."""
     now = db_now_us(conn)
     values = {"incarnation": incarnation, "started_us": now, "heartbeat_us": now, "expires_us": now + int(ttl_s * 1e6)}
-    if not conn.execute(sa.update(replicas).where(replicas.c.name == name).values(**values)).rowcount:
-        conn.execute(sa.insert(replicas).values(name=name, **values))
+    free = sa.or_(replicas.c.expires_us <= now, replicas.c.incarnation == incarnation)
+    if conn.execute(sa.update(replicas).where(replicas.c.name == name, free).values(**values)).rowcount:
+        return True
+    if conn.execute(sa.select(replicas.c.name).where(replicas.c.name == name)).first() is not None:
+        return False
+    conn.execute(sa.insert(replicas).values(name=name, **values))
+    return True
 
 
 def renew(conn: sa.Connection, name: str, incarnation: str, ttl_s: float) -> bool:

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 RESCUE_BATCH = 200
 
 
+class ReplicaNameInUse(Exception):
+    """Another live replica holds this replica's name."""
+
+
 @dataclasses.dataclass
 class LeaderRounds:
     """What the leader's rounds did, for diagnostics and tests."""
@@ -54,8 +58,23 @@ class Membership:
         self._tasks: list[asyncio.Task] = []
 
     async def join(self) -> None:
-        """Take this replica's lease. Raises StoreError (start-up fails)."""
-        await self._store.coordinate(coordination.register, self.name, self.incarnation, self._settings.lease_ttl_s)
+        """Take this replica's lease. A lease of the same name still held (a previous
+        process that died less than a TTL ago) is waited for; one held for longer
+        than two TTLs belongs to a live replica of the same name: start-up fails
+        (ReplicaNameInUse), as it does on StoreError."""
+        ttl = self._settings.lease_ttl_s
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 2 * ttl + 1.0
+        waited = False
+        while not await self._store.coordinate(coordination.register, self.name, self.incarnation, ttl):
+            if loop.time() > give_up:
+                raise ReplicaNameInUse(
+                    f"another live replica is named {self.name!r}: give each replica its own RUNNER_REPLICA"
+                )
+            if not waited:
+                log.warning("this replica's name holds an unexpired lease; waiting for it to expire")
+                waited = True
+            await asyncio.sleep(min(1.0, ttl / 3))
         loop = asyncio.get_running_loop()
         for coro, name in ((self._heartbeat_forever(), "lease-heartbeat"), (self._lead_forever(), "leader")):
             task = loop.create_task(coro, name=name)
@@ -100,8 +119,8 @@ class Membership:
             self._on_lease_lost()
             try:
                 self.incarnation = uuid.uuid4().hex
-                await self._store.coordinate(coordination.register, self.name, self.incarnation, ttl)
-                last_renewed = asyncio.get_running_loop().time()
+                if await self._store.coordinate(coordination.register, self.name, self.incarnation, ttl):
+                    last_renewed = asyncio.get_running_loop().time()
             except StoreError as exc:
                 log.warning("cannot register again yet", extra={"error": str(exc)})
 

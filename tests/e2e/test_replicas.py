@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from google.protobuf import json_format
 
 from protos.runner.v1 import runner_pb2 as pb
-from tests.conftest import diagnostic, events_of, final_state, wait_for_state
+from tests.conftest import diagnostic, events_of, final_state, runner_env, wait_for_state
 from tests.e2e.test_process import REPO, free_port, spawn, until  # noqa: F401 - spawn is a fixture
 
 pytestmark = pytest.mark.timeout(240)
@@ -492,3 +492,21 @@ async def test_a_replica_silent_past_its_lease_cannot_overwrite_what_the_leader_
     fresh = await a.stub.SubmitRun(diagnostic(ticks=1), timeout=5)
     assert final_state(await events_of(a.stub, fresh.run_id)) == pb.SUCCEEDED
     assert query(postgres_url, "SELECT count(*) FROM replicas WHERE name = 'a' AND expires_us > 0")[0][0] == 1
+
+
+async def test_a_second_live_replica_with_the_same_name_is_refused(spawn, postgres_url, tmp_path):  # noqa: F811
+    """Its start-up recovery would end the runs of the live one: it waits out a
+    lease that may be a dead process's, then refuses with a clear message."""
+    a = await spawn(tmp_path / "a.db", **replica_env(postgres_url, "same"))
+    run = await a.stub.SubmitRun(diagnostic(**LONG), timeout=5)
+    await wait_for_state(a.stub, run.run_id, pb.RUNNING)
+    env = runner_env(str(tmp_path / "x.db"), free_port(), **replica_env(postgres_url, "same"))
+    started = time.monotonic()
+    second = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "runner_service"], cwd=REPO, env=env, capture_output=True, timeout=60
+    )
+    assert second.returncode == 1
+    assert b"another live replica is named 'same'" in second.stderr, second.stderr[-2000:]
+    assert 2 * 2 <= time.monotonic() - started < 30  # it waited out two lease TTLs first
+    still = await a.stub.GetRun(pb.GetRunRequest(run_id=run.run_id), timeout=5)
+    assert still.state == pb.RUNNING  # the live replica's run was left alone
