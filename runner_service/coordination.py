@@ -22,6 +22,8 @@ import sqlalchemy as sa
 from runner_service.runs import TERMINAL, RunState
 from runner_service.schema import (
     LEADER_ROW,
+    STATES,
+    bump,
     event_row,
     leader_lock,
     record_of,
@@ -97,6 +99,7 @@ def claim(
             rows.append(event_row(event))
         conn.execute(sa.insert(run_events), rows)
         notify(conn, CHANNEL_EVENTS, (r.run_id for r in records))
+        bump(conn, [STATES])
     return records
 
 
@@ -125,6 +128,7 @@ def _move(
     values.update(extra or {})
     conn.execute(sa.update(runs).where(runs.c.run_id == record.run_id).values(**values))
     conn.execute(sa.insert(run_events).values(**event_row(event)))
+    bump(conn, [STATES])
     for name, value in values.items():
         setattr(record, name, RunState(value) if name == "state" else value)
     return record
@@ -311,4 +315,5 @@ def prune(conn: sa.Connection, ended_before_us: int, limit: int) -> int:
     if ids:
         conn.execute(sa.delete(run_events).where(run_events.c.run_id.in_(ids)))
         conn.execute(sa.delete(runs).where(runs.c.run_id.in_(ids)))
+        bump(conn, [STATES])
     return len(ids)

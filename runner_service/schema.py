@@ -4,7 +4,7 @@ and the store's records. Shared by the store and the replicas' coordination."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import sqlalchemy as sa
 
@@ -100,8 +100,42 @@ def _migration_2(conn: sa.Connection) -> None:
     conn.execute(sa.insert(leader_lock).values(name=LEADER_ROW, holder="", heartbeat_us=0, expires_us=0))
 
 
+# Revision watermarks: each counts the writes that touched a section of the summary
+# (bumped in the writing transaction, on every replica), so a cached section is
+# current while its revision is unchanged.
+revisions = sa.Table(
+    "revisions",
+    metadata,
+    sa.Column("section", sa.String(32), primary_key=True),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)
+STATES = "states"  # runs added, moved to another state or deleted
+PROGRESS = "progress"  # progress columns of running runs
+SECTIONS = (STATES, PROGRESS)
+
+
+def bump(conn: sa.Connection, sections: Iterable[str]) -> None:
+    """Count a write that touched these sections, in the caller's transaction."""
+    # One row at a time, in one order everywhere: two transactions touching both
+    # rows never wait for each other in a cycle.
+    for section in sorted(set(sections)):
+        conn.execute(
+            sa.update(revisions).where(revisions.c.section == section).values(revision=revisions.c.revision + 1)
+        )
+
+
+def _migration_3(conn: sa.Connection) -> None:
+    """The summary's revision watermarks."""
+    metadata.create_all(conn, tables=[revisions])
+    conn.execute(sa.insert(revisions), [{"section": section, "revision": 1} for section in SECTIONS])
+
+
 # Ordered (version, step); each runs once, all pending ones in one transaction.
-MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _migration_1), (2, _migration_2)]
+MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
+    (1, _migration_1),
+    (2, _migration_2),
+    (3, _migration_3),
+]
 
 # pg_advisory_xact_lock key held while migrating ("runner" in ASCII).
 MIGRATION_LOCK_KEY = 0x72756E6E6572

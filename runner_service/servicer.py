@@ -38,6 +38,7 @@ from runner_service.runs import CancelReason, RunState
 from runner_service.scheduler import Scheduler
 from runner_service.settings import Settings
 from runner_service.store import Cursor, RunRecord, Store, StoreError
+from runner_service.summary import SummaryCache
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +222,13 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         catalog: Catalog,
         settings: Settings | None = None,
         resilience: Callable[[], pb.Resilience] | None = None,
+        summary: SummaryCache | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._store = store
         self._catalog = catalog
         self._resilience = resilience
+        self._summary = summary if summary is not None else SummaryCache(store)
         limits = settings if settings is not None else Settings()
         self._max_spec_bytes = limits.max_spec_bytes
         self._max_list_page_bytes = limits.max_list_page_bytes
@@ -374,8 +377,9 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         return specs.scenarios_response(entries)
 
     @unary
-    async def GetSummary(self, request, context):
-        raise errors.Unimplemented("GetSummary is not implemented yet")
+    async def GetSummary(self, request: pb.GetSummaryRequest, context) -> pb.Summary:
+        _check(request)
+        return await _within_deadline(context, self._summary.summary(request.recent_limit))
 
     @unary
     async def GetResilience(self, request: pb.GetResilienceRequest, context) -> pb.Resilience:

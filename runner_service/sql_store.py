@@ -17,13 +17,13 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
-from runner_service import coordination, store
+from runner_service import coordination, schema, store
 from runner_service.breaker import CircuitBreaker, CircuitOpen
 from runner_service.notifications import Listener
 from runner_service.runs import RunState
@@ -87,6 +87,8 @@ def _update_statement(columns: tuple[str, ...]) -> sa.Update:
 
 
 _MAX_BATCH = 1000
+# The newest runs of a summary are read within this many stored bytes.
+SUMMARY_RECENT_BYTES = 1024 * 1024
 IDLE_IN_TRANSACTION_MIN_S = 5.0
 
 
@@ -154,6 +156,9 @@ class SqlStore(store.Store):
         # With the queue in the database, commits notify the other replicas.
         self._notify = settings.queue_in_database and not self._is_sqlite
         self.listener: Listener | None = None
+        # Told (on the event loop) which summary sections a commit touched.
+        self.on_touch: Callable[[set[str]], None] | None = None
+        self._touched: set[str] = set()  # by the transaction being applied (writer thread)
         self._commits = 0
         self._held = 0  # writes held after a transient failure (written by the writer thread)
         self._unsettled = 0  # writes queued or held, not yet committed or refused (event loop only)
@@ -166,6 +171,8 @@ class SqlStore(store.Store):
         self._checkpoint_stop = threading.Event()
         self._replica_lock: IO[bytes] | None = None
         self._checkpoint_thread: threading.Thread | None = None
+        # Told (on the writer thread) how long each committed batch took.
+        self.on_commit: Callable[[float], None] | None = None
 
     @property
     def engine(self) -> sa.Engine:
@@ -380,9 +387,12 @@ class SqlStore(store.Store):
 
     def _transaction(self, ops: list[_Op]) -> None:
         conn = self._writer_conn()
+        self._touched = set()
         try:
             with conn.begin():
                 self._apply(conn, ops)
+            if self._touched and self.on_touch is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(self.on_touch, self._touched)
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
                 self._drop_writer_conn()
@@ -391,8 +401,11 @@ class SqlStore(store.Store):
     def _commit(self, batch: list[_Op]) -> list[_Op]:
         """Commit a batch; resolve what is settled; return the writes to hold."""
         assert self._engine is not None
+        started = time.perf_counter()
         try:
             self._transaction(batch)
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - sorted out below
             if _is_transient(exc):
                 return self._hold(batch, exc)
@@ -455,9 +468,12 @@ class SqlStore(store.Store):
                 pass
 
     def _apply(self, conn: sa.Connection, batch: list[_Op]) -> None:
+        touched = set()
         submits = [op for op in batch if op.record is not None]
         if submits:
             self._apply_submits(conn, submits)
+            if any(op.error is None and op.result is not None and op.result[1] for op in submits):
+                touched.add(schema.STATES)
         changes: dict[str, dict] = {}
         events: list[dict] = []
         fenced = []
@@ -480,6 +496,10 @@ class SqlStore(store.Store):
         by_columns: dict[tuple[str, ...], list[dict]] = {}
         for run_id, values in changes.items():
             if "state" in values:
+                touched.add(schema.STATES)
+            if "progress_done" in values or "progress_message" in values:
+                touched.add(schema.PROGRESS)
+            if "state" in values:
                 values["state"] = int(values["state"])
             params = {"b_" + key: value for key, value in values.items()}
             params["b_run_id"] = run_id
@@ -487,9 +507,12 @@ class SqlStore(store.Store):
         for columns, rows in by_columns.items():
             conn.execute(_update_statement(columns), rows)
         for op in fenced:  # after the batch's other writes, which come before them
-            self._apply_fenced(conn, op)
+            if self._apply_fenced(conn, op):
+                touched.add(schema.STATES)
+        schema.bump(conn, touched)
+        self._touched |= touched
 
-    def _apply_fenced(self, conn: sa.Connection, op: _Op) -> None:
+    def _apply_fenced(self, conn: sa.Connection, op: _Op) -> bool:
         """A write that holds only while the run is RUNNING on op.fence's replica and
         attempt: a replica whose lease expired must not overwrite what the leader
         (or the run's next owner) stored. Refused with RunTakenOver otherwise."""
@@ -512,11 +535,12 @@ class SqlStore(store.Store):
         )
         if not done.rowcount:
             op.error = store.RunTakenOver(f"run {op.run_id} is no longer held by {replica} (attempt {attempt})")
-            return
+            return False
         if op.events:
             conn.execute(sa.insert(run_events), [event_row(ev) for ev in op.events])
             if self._notify:
                 coordination.notify(conn, coordination.CHANNEL_EVENTS, [op.run_id])
+        return True
 
     def _apply_submits(self, conn: sa.Connection, submits: list[_Op]) -> None:
         waiting = None
@@ -708,6 +732,8 @@ class SqlStore(store.Store):
                 )
             )
             interrupted.append(record.run_id)
+        if interrupted:
+            schema.bump(conn, [schema.STATES])
         queued = [
             record_of(row)
             for row in conn.execute(
@@ -718,6 +744,33 @@ class SqlStore(store.Store):
 
     async def ping(self) -> None:
         await self._read(self._ping)
+
+    async def revisions(self) -> dict[str, int]:
+        return await self._read(self._revisions)
+
+    @staticmethod
+    def _revisions(conn: sa.Connection) -> dict[str, int]:
+        return {row.section: row.revision for row in conn.execute(sa.select(schema.revisions))}
+
+    async def summary_section(self, section: str, limit: int) -> tuple[int, object]:
+        return await self._read(self._summary_section, section, limit, slow=True)
+
+    def _summary_section(self, conn: sa.Connection, section: str, limit: int) -> tuple[int, object]:
+        """(revision, value) of a summary section; the revision is read first, so
+        the value is at least as new as it says."""
+        watermark = schema.PROGRESS if section == "recent_progress" else schema.STATES
+        revision = conn.execute(
+            sa.select(schema.revisions.c.revision).where(schema.revisions.c.section == watermark)
+        ).scalar_one()
+        if section == "counts":
+            rows = conn.execute(sa.select(runs.c.state, sa.func.count()).group_by(runs.c.state))
+            return revision, {RunState(state): int(count) for state, count in rows}
+        if section == "recent_runs":
+            return revision, self._list_runs(conn, limit, None, None, None, SUMMARY_RECENT_BYTES)
+        query = (
+            sa.select(runs).where(runs.c.state == int(RunState.RUNNING)).order_by(runs.c.update_us.desc()).limit(limit)
+        )
+        return revision, [record_of(row) for row in conn.execute(query)]
 
     async def coordinate(self, fn, *args):
         """Run fn(conn, *args), one of runner_service.coordination's functions, in

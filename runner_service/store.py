@@ -190,6 +190,16 @@ class Store(abc.ABC):
         """Raise StoreError when the database cannot be reached."""
 
     @abc.abstractmethod
+    async def revisions(self) -> dict[str, int]:
+        """The summary's revision watermarks by section (schema.STATES, schema.PROGRESS)."""
+
+    @abc.abstractmethod
+    async def summary_section(self, section: str, limit: int) -> tuple[int, object]:
+        """(revision, value) of a summary section: "counts" ({RunState: count}),
+        "recent_runs" (newest runs) or "recent_progress" (running runs, most
+        recently updated first), at most `limit` runs."""
+
+    @abc.abstractmethod
     async def coordinate(self, fn, *args):
         """Run fn(conn, *args), one of runner_service.coordination's functions, in
         its own transaction off the event loop."""

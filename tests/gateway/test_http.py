@@ -385,3 +385,21 @@ async def test_401_and_403_from_the_runner_admin_token(start_runner, start_gatew
         assert restarted.status_code == 200, restarted.text
     entries = [json.loads(line) for line in audit.read_text().splitlines()]
     assert any("from REST" in json.dumps(entry) for entry in entries)
+
+
+async def test_summary_over_rest(stack):
+    runner, gw = stack
+    created = await gw.client.post("/v1/runs", json=diagnostic_body(ticks=1))
+    assert created.status_code == 200
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        answer = await gw.client.get("/v1/summary", params={"recentLimit": 5})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        if any(c["state"] == "SUCCEEDED" for c in body.get("counts", [])):
+            break
+        assert asyncio.get_running_loop().time() < deadline, body
+        await asyncio.sleep(0.05)
+    assert body["recentRuns"][0]["runId"] == created.json()["runId"]
+    assert body["cache"] in ("CACHE_HIT", "CACHE_STALE", "CACHE_MISS")
+    assert {s["name"] for s in body["sections"]} == {"counts", "recent_runs", "recent_progress"}

@@ -371,17 +371,47 @@ class StateCount(_message.Message):
     count: int
     def __init__(self, state: _Optional[_Union[RunState, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
+class RunProgress(_message.Message):
+    __slots__ = ("run_id", "kind", "progress", "update_time", "replica")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    kind: str
+    progress: Progress
+    update_time: _timestamp_pb2.Timestamp
+    replica: str
+    def __init__(self, run_id: _Optional[str] = ..., kind: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replica: _Optional[str] = ...) -> None: ...
+
+class SummarySection(_message.Message):
+    __slots__ = ("name", "cache", "revision", "built_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    BUILT_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cache: CacheStatus
+    revision: int
+    built_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., cache: _Optional[_Union[CacheStatus, str]] = ..., revision: _Optional[int] = ..., built_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class Summary(_message.Message):
-    __slots__ = ("counts", "recent_runs", "generated_time", "cache")
+    __slots__ = ("counts", "recent_runs", "generated_time", "cache", "recent_progress", "sections")
     COUNTS_FIELD_NUMBER: _ClassVar[int]
     RECENT_RUNS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TIME_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
+    RECENT_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    SECTIONS_FIELD_NUMBER: _ClassVar[int]
     counts: _containers.RepeatedCompositeFieldContainer[StateCount]
     recent_runs: _containers.RepeatedCompositeFieldContainer[Run]
     generated_time: _timestamp_pb2.Timestamp
     cache: CacheStatus
-    def __init__(self, counts: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., recent_runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., generated_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cache: _Optional[_Union[CacheStatus, str]] = ...) -> None: ...
+    recent_progress: _containers.RepeatedCompositeFieldContainer[RunProgress]
+    sections: _containers.RepeatedCompositeFieldContainer[SummarySection]
+    def __init__(self, counts: _Optional[_Iterable[_Union[StateCount, _Mapping]]] = ..., recent_runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., generated_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cache: _Optional[_Union[CacheStatus, str]] = ..., recent_progress: _Optional[_Iterable[_Union[RunProgress, _Mapping]]] = ..., sections: _Optional[_Iterable[_Union[SummarySection, _Mapping]]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
