@@ -51,6 +51,14 @@ def db_now_us(conn: sa.Connection) -> int:
     return now_us()
 
 
+def _clock(conn: sa.Connection):
+    """The database's clock as an expression of the statement that uses it
+    (PostgreSQL), or this process's clock (SQLite: one process)."""
+    if conn.dialect.name == "postgresql":
+        return sa.cast(sa.func.extract("epoch", sa.func.clock_timestamp()) * 1000000, sa.BigInteger)
+    return now_us()
+
+
 def notify(conn: sa.Connection, channel: str, payloads: Iterable[str]) -> None:
     """NOTIFY each payload on channel when the transaction commits (PostgreSQL only)."""
     if conn.dialect.name != "postgresql":
@@ -73,7 +81,7 @@ def claim(
     it, with their RUNNING event stored. Runs locked by another claimer are skipped."""
     if limit <= 0:
         return []
-    now = db_now_us(conn)
+    now = _clock(conn)  # read by the UPDATE itself: no round trip of its own
     pick = sa.select(runs.c.run_id).where(runs.c.state == int(RunState.QUEUED))
     excluded = list(exclude_kinds)
     if excluded:
@@ -95,7 +103,8 @@ def claim(
     if records:
         rows = []
         for record in records:
-            event, _ = started(dataclasses.replace(record, state=RunState.QUEUED), record.last_seq, now)
+            assert record.start_us is not None
+            event, _ = started(dataclasses.replace(record, state=RunState.QUEUED), record.last_seq, record.start_us)
             rows.append(event_row(event))
         conn.execute(sa.insert(run_events), rows)
         notify(conn, CHANNEL_EVENTS, (r.run_id for r in records))
