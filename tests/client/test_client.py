@@ -5,6 +5,7 @@ bounds, a watcher ended for falling behind resumed without a lost or repeated ev
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import grpc
@@ -62,7 +63,7 @@ class SyncAttemptTimes(grpc.UnaryUnaryClientInterceptor):
 
 
 def gaps(times: list[float]) -> list[float]:
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 async def test_every_call_of_the_async_client(start_runner, tmp_path):
