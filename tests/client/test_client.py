@@ -13,6 +13,7 @@ import pytest
 
 from protos.runner.v1 import runner_pb2 as pb
 from runner_client import (
+    NO_RETRY,
     AsyncRunnerClient,
     InvalidArgument,
     NotFound,
@@ -21,11 +22,14 @@ from runner_client import (
     RetryPolicy,
     RetryThrottle,
     RunnerClient,
+    TlsFiles,
     Unauthenticated,
+    Unavailable,
     specs,
 )
 from runner_client.errors import AlreadyExists
 from tests.conftest import events_of, non_progress, wait_for_state
+from tests.pki import OTHER_NAME, make_pki
 
 LONG = specs.diagnostic(ticks=6000, tick_s=0.01)  # a minute of cooperative sleeping
 
@@ -259,3 +263,29 @@ async def test_a_watcher_ended_for_falling_behind_resumes_without_losing_or_repe
         full = await events_of(running.stub, run.run_id)
         assert non_progress(got) == non_progress(full)
         assert got[-1] == full[-1] and got[-1].state_change.state == pb.SUCCEEDED
+
+
+async def test_tls_and_mtls_from_files(start_runner, tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    mtls = dict(tls_cert_file=pki.server_cert, tls_key_file=pki.server_key, tls_client_ca_file=pki.ca)
+    async with start_runner(**mtls) as running:
+        with_cert = TlsFiles(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
+        async with AsyncRunnerClient(running.address, tls=with_cert) as client:
+            assert await client.list_scenarios()
+        without_cert = TlsFiles(ca_file=pki.ca)
+        async with AsyncRunnerClient(running.address, tls=without_cert, retry=NO_RETRY) as client:
+            with pytest.raises(Unavailable):
+                await client.list_scenarios()
+        async with AsyncRunnerClient(running.address, retry=NO_RETRY) as plaintext:
+            with pytest.raises(Unavailable):
+                await plaintext.list_scenarios()
+    # A runner whose certificate names another host: checked against the name given.
+    async with start_runner(tls_cert_file=pki.other_name_cert, tls_key_file=pki.other_name_key) as running:
+        renamed = TlsFiles(ca_file=pki.ca, server_name=OTHER_NAME)
+        async with AsyncRunnerClient(running.address, tls=renamed) as client:
+            assert await client.list_scenarios()
+        async with AsyncRunnerClient(running.address, tls=TlsFiles(ca_file=pki.ca), retry=NO_RETRY) as client:
+            with pytest.raises(Unavailable):
+                await client.list_scenarios()
+    with pytest.raises(ValueError, match="both cert_file and key_file"):
+        TlsFiles(ca_file=pki.ca, cert_file=pki.client_cert)
