@@ -34,13 +34,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     GRPC_VERBOSITY=ERROR \
     RUNNER_PROFILE=production \
     RUNNER_LISTEN=0.0.0.0:50051 \
-    GATEWAY_LISTEN=0.0.0.0:8080
+    GATEWAY_LISTEN=0.0.0.0:8080 \
+    RUNNER_METRICS_LISTEN=0.0.0.0:9464 \
+    GATEWAY_METRICS_LISTEN=0.0.0.0:9465
 WORKDIR /app
 # var/ holds the audit log (and the SQLite file when no RUNNER_DATABASE_URL is given): the
 # only place the services write, with /tmp (the worker processes' forkserver socket).
 RUN mkdir var && chown runner:runner var
 USER 10001:10001
-EXPOSE 50051 8080
+EXPOSE 50051 8080 9464 9465
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-m", "runner_service.probe", "--timeout", "3"]

@@ -7,7 +7,10 @@ uvicorn's ``httptools`` one with the gateway's bounds on heads, bodies and conne
 
 Logging is the runner's (``runner_service.logs``): one handler with credentials redacted, the
 gateway's own loggers at ``GATEWAY_LOG_LEVEL``, uvicorn's server and access lines at INFO or
-above, other libraries at WARNING or above. uvicorn's own logging set-up is not used.
+above, other libraries at WARNING or above; JSON lines in the runner's shape
+(``GATEWAY_LOG_JSON``, on in the production profile: the access line's parts are fields too, and
+a request's lines carry its ``trace_id`` and ``x_request_id``) or readable text (the development
+and testing profiles). uvicorn's own logging set-up is not used.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def main() -> int:
     if level not in LOG_LEVELS:
         print(f"gateway: bad configuration: GATEWAY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}", file=sys.stderr)
         return 2
-    logs.configure(LOG_LEVELS[level], json_lines=False)
+    logs.configure(LOG_LEVELS[level], json_lines=settings.log_json)
     if LOG_LEVELS[level] <= TRACE_LOG_LEVEL:  # uvicorn's protocol traces, asked for by name
         for name in ("uvicorn.error", "uvicorn.asgi"):
             logging.getLogger(name).setLevel(TRACE_LOG_LEVEL)

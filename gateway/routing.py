@@ -32,6 +32,7 @@ from gateway.rules import HttpRule
 from gateway.settings import Settings
 from gateway.upstream import Upstream
 from protos import validation
+from runner_service import logs
 
 
 def build_routes(rules: Sequence[HttpRule], upstream: Upstream, settings: Settings) -> list[RpcRoute]:
@@ -113,6 +114,7 @@ class RpcRoute(BaseRoute):
         headers = _headers(scope)
         first = dict(headers[::-1])  # name -> value of its first occurrence
         rid = metadata.request_id(first)
+        logs.bind_call(first.get("traceparent"), rid)  # this request's log lines (access line included)
         echo = {metadata.REQUEST_ID: rid}
         try:
             response = await self._respond(scope, receive, headers, first, path_params, rid, echo)

@@ -7,9 +7,14 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+PROFILES = ("production", "development", "testing")
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    #: ``production``, ``development`` or ``testing``: the defaults below, changed by
+    #: :data:`_PROFILE_DEFAULTS` (as the runner's profiles change its own).
+    profile: str = "production"
     #: HTTP address the gateway listens on.
     listen: str = "127.0.0.1:8080"
     #: gRPC target of the runner (any grpc target: "host:port", "dns:///runners:50051").
@@ -61,6 +66,10 @@ class Settings:
     #: Load-balancing policy over the upstream's addresses ("round_robin" over DNS replicas).
     lb_policy: str = "round_robin"
     log_level: str = "info"
+    #: Log lines as JSON (the runner's shape); false: readable text, one line each.
+    log_json: bool = True
+    #: Prometheus metrics: ``GET /metrics`` on this address (port 0: any free port); empty: off.
+    metrics_listen: str = "127.0.0.1:9465"
 
     @property
     def host(self) -> str:
@@ -72,18 +81,36 @@ class Settings:
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
+_PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "production": {},
+    "development": {"log_json": False},
+    "testing": {"log_json": False, "metrics_listen": ""},
+}
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
 
 
 def from_env(env: Mapping[str, str] | None = None, **overrides) -> Settings:
     """Settings from ``GATEWAY_<NAME>`` variables (e.g. ``GATEWAY_UNARY_TIMEOUT_S=5``), then
-    ``overrides``. Raises ValueError for a malformed or out-of-range value."""
+    ``overrides``; ``GATEWAY_PROFILE`` (or an override) picks the profile's defaults first.
+    Raises ValueError for a malformed or out-of-range value."""
     env = os.environ if env is None else env
-    values: dict = {}
+    profile = overrides.get("profile", env.get("GATEWAY_PROFILE", "production"))
+    if profile not in PROFILES:
+        raise ValueError(f"GATEWAY_PROFILE must be one of {', '.join(PROFILES)}, not {profile!r}")
+    values: dict = {"profile": profile, **_PROFILE_DEFAULTS[profile]}
     for name, field in _FIELDS.items():
         raw = env.get("GATEWAY_" + name.upper())
-        if raw is None:
+        if raw is None or name == "profile":
             continue
-        kind: Callable[[str], Any] = type(field.default)
+        kind: Callable[[str], Any] = _boolean if isinstance(field.default, bool) else type(field.default)
         try:
             values[name] = kind(raw)
         except ValueError:
@@ -98,6 +125,10 @@ def _check(settings: Settings) -> None:
     if ":" not in settings.listen:
         raise ValueError(f"listen must be host:port, not {settings.listen!r}")
     settings.port  # noqa: B018 - raises ValueError when the port is not a number
+    if settings.metrics_listen:
+        host, _, port = settings.metrics_listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"metrics_listen must be host:port (or empty: off), not {settings.metrics_listen!r}")
     if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
         raise ValueError("GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE go together: set both or neither")
     if settings.tls_client_ca_file and not settings.tls_cert_file:

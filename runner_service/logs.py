@@ -9,6 +9,7 @@ shows our code's detail without the libraries' chatter.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -145,6 +146,65 @@ def url_secrets(url: str) -> list[str]:
     return sorted({s for s in found if s})
 
 
+# ------------------------------------------------------------ the call being served
+
+# (traceparent, x-request-id) of the call this context serves; each call (an RPC, an HTTP
+# request) runs in a context of its own, so nothing leaks from one call to the next.
+_CALL: contextvars.ContextVar[tuple[str | None, str | None] | None] = contextvars.ContextVar("log_call", default=None)
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(?:-.*)?")
+_MAX_REQUEST_ID = 128
+
+
+def bind_call(traceparent: str | None, request_id: str | None) -> None:
+    """Log lines written from now on in this context (the call being served, and the tasks it
+    starts) carry the call's trace context: ``trace_id`` and ``span_id`` from a W3C
+    ``traceparent``, and ``x_request_id``. Cheap: parsed only when a line is written."""
+    _CALL.set((traceparent, request_id))
+
+
+def call_fields() -> dict[str, str]:
+    """The trace context bound by bind_call() in this context, as log fields (a malformed
+    ``traceparent`` gives none; an overlong ``x-request-id`` is cut)."""
+    call = _CALL.get()
+    if call is None:
+        return {}
+    traceparent, request_id = call
+    fields: dict[str, str] = {}
+    if traceparent:
+        found = _TRACEPARENT.fullmatch(traceparent.strip().lower())
+        if found is not None and found.group(1) != "0" * 32:
+            fields["trace_id"], fields["span_id"] = found.group(1), found.group(2)
+    if request_id:
+        fields["x_request_id"] = request_id[:_MAX_REQUEST_ID]
+    return fields
+
+
+class CallContextFilter(logging.Filter):
+    """A handler filter: a line written while a call is served carries its trace context
+    (see bind_call), unless the line sets those fields itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _CALL.get() is not None:
+            for key, value in call_fields().items():
+                record.__dict__.setdefault(key, value)
+        return True
+
+
+# uvicorn's access line: '%s - "%s %s HTTP/%s" %d' % (client, method, path, http version, status).
+_ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
+
+
+class AccessFieldsFilter(logging.Filter):
+    """A handler filter for JSON lines: uvicorn's access line also carries its parts as fields
+    (client, method, path, http_version, status), as every other line carries its extras."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            for key, value in zip(_ACCESS_FIELDS, record.args):
+                record.__dict__.setdefault(key, value)
+        return True
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
 
@@ -204,6 +264,9 @@ def configure(
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(CallContextFilter())
+    if json_lines:
+        handler.addFilter(AccessFieldsFilter())  # before redaction, which formats the message
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     for existing in list(root.handlers):

@@ -24,6 +24,7 @@ from runner_service.claims import HEAVY_KINDS, Claims
 from runner_service.endings import final_error
 from runner_service.journal import Journal
 from runner_service.live import LiveRun
+from runner_service.metrics import Observer
 from runner_service.progress import Hub
 from runner_service.runs import CancelReason, RunState, kind_of
 from runner_service.settings import parse_jobs
@@ -66,8 +67,17 @@ class SchedulerStatus:
 
 
 class Scheduler:
-    def __init__(self, settings, store: Store, hub: Hub, job_targets: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings,
+        store: Store,
+        hub: Hub,
+        job_targets: dict[str, str] | None = None,
+        observer: Observer | None = None,
+    ) -> None:
         self._settings = settings
+        # Told of every run transition (a log line each, and metrics when they are on).
+        self._observer = observer if observer is not None else Observer()
         self._store = store
         self._hub = hub
         if job_targets is None:
@@ -92,7 +102,7 @@ class Scheduler:
         )
         self.pool.on_idle = self.dispatch
         self.journal = Journal(settings, store, self.pool, lambda: self._live.values())
-        self.watching = Watching(settings, store, hub)
+        self.watching = Watching(settings, store, hub, self._observer)
         self._queue: collections.deque[LiveRun] = collections.deque()
         self._live: dict[str, LiveRun] = {}
         self._by_token: dict[int, LiveRun] = {}
@@ -264,6 +274,7 @@ class Scheduler:
             self._reserved -= 1
         if not created:
             return stored, False
+        self._observer.run_submitted(stored)
         if self._shared:  # whichever replica has a free worker claims it
             self.dispatch()
             return dataclasses.replace(stored, labels=dict(stored.labels)), True
@@ -371,6 +382,7 @@ class Scheduler:
         live.last_beat = self.loop.time()
         self._by_token[token] = live
         if record.state == RunState.RUNNING:  # claimed from the database: stored RUNNING with its event
+            self._observer.run_started(record, worker.id, worker.process.pid)
             return
         now = now_us()
         previous = record.state
@@ -384,6 +396,7 @@ class Scheduler:
         # it runs again after restart rather than ending INTERRUPTED.
         self.journal.state_behind(live, event, changes)
         live.channel.publish(event)
+        self._observer.run_started(record, worker.id, worker.process.pid)
 
     def _handover_failed(self, live: LiveRun, why: str) -> None:
         """The run never reached its worker: queue it again at the head, or end it
@@ -515,6 +528,7 @@ class Scheduler:
             return
         if live.cancel_reason is None:
             live.cancel_reason = reason
+            self._observer.run_cancel_requested(live.record, reason.value)
         record = live.record
         if not record.cancel_requested:
             record.cancel_requested = True
@@ -659,6 +673,7 @@ class Scheduler:
         for event in to_publish:
             channel.publish(event)
         channel.mark_persisted(to_publish[-1].seq)
+        self._observer.run_finished(record, to_publish[-1].state_change)
         self._release_live(live)
         if not live.done.done():
             live.done.set_result(record.state)
@@ -715,6 +730,7 @@ class Scheduler:
             if not f.cancelled() and f.exception() is None:
                 record.state, record.attempt, record.replica = RunState.QUEUED, attempt, ""
                 record.cancel_requested = False
+                self._observer.run_requeued(record, reason)
                 live.channel.publish(event)
                 live.channel.mark_persisted(event.seq)
             self._release_live(live, aborted=True)

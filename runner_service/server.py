@@ -11,16 +11,17 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from protos.runner.v1 import runner_pb2
+from runner_service import jobs, metrics, tls
 from runner_service import servicer as servicer_mod
-from runner_service import tls
 from runner_service.audit import AuditLog
 from runner_service.diagnostics import Diagnostics, Load, to_proto
+from runner_service.exposition import MetricsServer
 from runner_service.health import Health
 from runner_service.jobs.catalog import Catalog
 from runner_service.membership import Membership
 from runner_service.progress import Hub
 from runner_service.scheduler import Scheduler
-from runner_service.settings import Settings, redact_url
+from runner_service.settings import Settings, parse_jobs, redact_url
 from runner_service.sql_store import SqlStore
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,16 @@ class RunnerApp:
 
     def __init__(self, settings: Settings, job_targets: dict[str, str] | None = None) -> None:
         self.settings = settings
+        if job_targets is None:
+            job_targets = jobs.discover(parse_jobs(settings.jobs))
+        # Metrics (None when RUNNER_METRICS_LISTEN is empty): the parts report to the observer.
+        observer, self.metrics = metrics.build(settings.metrics_listen, job_targets)
+        self.metrics_server: MetricsServer | None = None
         self.store = SqlStore(settings)
+        if self.metrics is not None:
+            self.store.on_commit = self.metrics.store_committed
         self.hub = Hub(settings.watcher_queue_size, settings.watch_progress_interval_s)
-        self.scheduler = Scheduler(settings, self.store, self.hub, job_targets)
+        self.scheduler = Scheduler(settings, self.store, self.hub, job_targets, observer=observer)
         # Replicas on one database: a lease, the leader's lock and its rounds.
         self.membership = (
             Membership(settings, self.store, self.scheduler.abandon, self.scheduler.supervise)
@@ -67,11 +75,12 @@ class RunnerApp:
             ttl_s=0.0 if settings.profile == "testing" else DIAGNOSTICS_TTL_S,
         )
         self.server = grpc.aio.server(
+            interceptors=[metrics.RpcInterceptor(self.metrics)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         self.audit = AuditLog(settings.audit_log_path)
         servicer_mod.add_to_server(
@@ -104,6 +113,40 @@ class RunnerApp:
         """The memoized resilience picture as GetResilience and GetStatus give it."""
         return to_proto(self.diagnostics.snapshot(), self.settings, self.scheduler.watchdog)
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound port of /metrics (None while not served)."""
+        return self.metrics_server.port if self.metrics_server is not None else None
+
+    def _metrics_state(self) -> metrics.State:
+        status = self.scheduler.status()
+        policy = self.scheduler.watchdog.policy()
+        breaker = self.store.breaker.status()
+        return metrics.State(
+            queued=status.queued,
+            running=status.running,
+            draining=status.draining,
+            workers_size=status.workers_size,
+            workers_alive=status.workers_alive,
+            workers_busy=status.workers_busy,
+            worker_restarts_total=status.restarts_total,
+            worker_restarts_in_window=policy.restarts_in_window,
+            churn_policy=policy.state,
+            circuit=breaker.state,
+            circuit_opened_total=breaker.opened_total,
+            held_writes=self.store.status().held_writes,
+        )
+
+    @property
+    def metrics_url(self) -> str:
+        """Where /metrics is served, or ``off``."""
+        return self.metrics_server.url if self.metrics_server is not None else "off"
+
+    async def _close_metrics(self) -> None:
+        server, self.metrics_server = self.metrics_server, None
+        if server is not None:
+            await asyncio.to_thread(server.close)  # waits for its thread: off the event loop
+
     def _load(self) -> Load:
         status = self.scheduler.status()
         return Load(
@@ -130,11 +173,24 @@ class RunnerApp:
             self.port = self.server.add_secure_port(self.settings.listen, credentials)
         if not self.port:
             raise RuntimeError(f"cannot listen on {self.settings.listen}")
+        if self.metrics is not None:
+            self.metrics.watch_state(self._metrics_state, asyncio.get_running_loop())
+            try:
+                self.metrics_server = MetricsServer(self.settings.metrics_listen, self.metrics.registry)
+            except OSError as exc:
+                raise RuntimeError(
+                    f"cannot serve metrics on RUNNER_METRICS_LISTEN={self.settings.metrics_listen}: {exc}"
+                ) from exc
         await self.server.start()
         await self.health.start()
         log.info(
             "runner listening",
-            extra={"listen": self.settings.listen, "port": self.port, "tls": self.tls_mode},
+            extra={
+                "listen": self.settings.listen,
+                "port": self.port,
+                "tls": self.tls_mode,
+                "metrics": self.metrics_url,
+            },
         )
         return self.port
 
@@ -148,6 +204,7 @@ class RunnerApp:
         if self.membership is not None:
             await self.membership.leave()
         await self.server.stop(None)
+        await self._close_metrics()
         await self.store.close()
 
     async def stop(self) -> None:
@@ -168,6 +225,7 @@ class RunnerApp:
         if self.membership is not None:
             await self.membership.leave()
         await self.server.stop(grace=1.0)
+        await self._close_metrics()
         await self.store.close()
         log.info("runner stopped")
         self._stopped.set()
@@ -184,7 +242,10 @@ async def serve(settings: Settings) -> None:
         log.debug("start-up failure", exc_info=True)
         await app.abort()
         raise SystemExit(1) from None
-    print(f"runner: gRPC on {settings.listen} ({app.tls_mode}; health: grpc.health.v1)", flush=True)
+    print(
+        f"runner: gRPC on {settings.listen} ({app.tls_mode}; health: grpc.health.v1; metrics: {app.metrics_url})",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

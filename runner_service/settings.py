@@ -76,6 +76,8 @@ class Settings:
     jobs: str = ""
     log_level: str = "INFO"
     log_json: bool = True
+    # Prometheus metrics: GET /metrics on this address (port 0: any free port); empty: off.
+    metrics_listen: str = "127.0.0.1:9464"
     use_uvloop: bool = True
     # Where the queue lives. "auto": in the database on PostgreSQL (replicas claim
     # runs from it), in this process on SQLite (one runner per file); "on"/"off" force it.
@@ -114,7 +116,7 @@ class Settings:
 _PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
     "production": {"slow_query_concurrency": 5},
     "development": {"slow_query_concurrency": 3, "log_json": False, "log_level": "DEBUG"},
-    "testing": {"slow_query_concurrency": 1, "log_json": False, "drain_period_s": 0.0},
+    "testing": {"slow_query_concurrency": 1, "log_json": False, "drain_period_s": 0.0, "metrics_listen": ""},
 }
 
 
@@ -167,6 +169,12 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> S
         raise ValueError("RUNNER_TLS_CERT_FILE and RUNNER_TLS_KEY_FILE go together: set both or neither")
     if settings.tls_client_ca_file and not settings.tls_cert_file:
         raise ValueError("RUNNER_TLS_CLIENT_CA_FILE needs RUNNER_TLS_CERT_FILE and RUNNER_TLS_KEY_FILE (mTLS is TLS)")
+    if settings.metrics_listen:
+        host, _, port = settings.metrics_listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(
+                f"RUNNER_METRICS_LISTEN must be host:port (or empty: off), not {settings.metrics_listen!r}"
+            )
     parse_jobs(settings.jobs)  # refuse a malformed entry at start-up, not at the first run
     return settings
 

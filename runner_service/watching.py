@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from protos.runner.v1 import runner_pb2 as pb
 from runner_service import convert, errors
+from runner_service.metrics import Observer
 from runner_service.progress import Hub, RunChannel
 from runner_service.runs import RunState
 from runner_service.store import Store, StoreError
@@ -27,10 +28,11 @@ REPLAY_PAGE = 500
 
 
 class Watching:
-    def __init__(self, settings, store: Store, hub: Hub) -> None:
+    def __init__(self, settings, store: Store, hub: Hub, observer: Observer | None = None) -> None:
         self.settings = settings
         self.store = store
         self.hub = hub
+        self._observer = observer if observer is not None else Observer()
         self._shared = settings.queue_in_database
         self._mirrors: dict[str, Mirror] = {}
 
@@ -69,6 +71,7 @@ class Watching:
                 yield event
             return
         replay_up_to, tail, sub = channel.subscribe(after_seq)
+        self._observer.watcher_joined()
         try:
             last = after_seq
             async for event in self._replay(run_id, after_seq, replay_up_to):
@@ -83,6 +86,7 @@ class Watching:
                 try:
                     following = await sub.next()
                 except OverflowError:
+                    self._observer.watcher_cut_off()
                     raise errors.WatcherTooSlow(sub.last_seq) from None
                 except ConnectionAbortedError:
                     raise errors.Draining() from None
@@ -90,6 +94,7 @@ class Watching:
                     return
                 yield following
         finally:
+            self._observer.watcher_left()
             channel.unsubscribe(sub)
             if mirror is not None and not channel.watchers:
                 mirror.stop()

@@ -120,6 +120,8 @@ def test_scripts_run_on_a_fresh_clone_with_the_system_python(tmp_path):
         PATH=SYSTEM_PATH,
         RUNNER_LISTEN=f"127.0.0.1:{runner_port}",
         GATEWAY_LISTEN=f"127.0.0.1:{gateway_port}",
+        RUNNER_METRICS_LISTEN="127.0.0.1:0",
+        GATEWAY_METRICS_LISTEN="127.0.0.1:0",
         GRPC_VERBOSITY="ERROR",
     )
     output = tmp_path / "run.out"

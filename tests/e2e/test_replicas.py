@@ -126,6 +126,7 @@ async def test_300_runs_through_two_replicas_each_execute_exactly_once(spawn, po
     port = free_port()
     genv = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "GATEWAY_"))}
     genv.update(GATEWAY_LISTEN=f"127.0.0.1:{port}", GATEWAY_UPSTREAM=f"ipv4:{a.address},{b.address}")
+    genv.update(GATEWAY_METRICS_LISTEN="127.0.0.1:0")
     with open(tmp_path / "gateway.err", "wb") as err:
         gateway = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=REPO, env=genv, stderr=err)
     runs = []

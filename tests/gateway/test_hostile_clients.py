@@ -84,6 +84,7 @@ def gateway_process(log_dir: Path, **env: str) -> Iterator[GatewayProcess]:
         "GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "GATEWAY_UPSTREAM": f"127.0.0.1:{free_port()}",
         "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_METRICS_LISTEN": "127.0.0.1:0",
         **env,
     }
     with open(log, "wb") as out:

@@ -289,7 +289,8 @@ def free_port() -> int:
 
 def gateway_env(port: int, upstream: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update(GATEWAY_LISTEN=f"127.0.0.1:{port}", GATEWAY_UPSTREAM=upstream, GRPC_VERBOSITY="ERROR", **extra)
+    env.update(GATEWAY_LISTEN=f"127.0.0.1:{port}", GATEWAY_UPSTREAM=upstream, GRPC_VERBOSITY="ERROR")
+    env.update(GATEWAY_METRICS_LISTEN="127.0.0.1:0", **extra)
     return env
 
 

@@ -186,6 +186,7 @@ def test_development_runner_start_up_is_quiet_and_redacted(tmp_path):
         RUNNER_ADMIN_TOKEN="adm1n-t0ken-value",
         RUNNER_AUDIT_LOG_PATH=str(tmp_path / "audit.log"),
         RUNNER_WORKERS="1",
+        RUNNER_METRICS_LISTEN="127.0.0.1:0",
         GRPC_VERBOSITY="ERROR",
     )
     env.pop("PYTHONWARNINGS", None)
