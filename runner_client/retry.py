@@ -75,7 +75,7 @@ class RetryPolicy:
     deadline count from the last event, so a long watch survives several restarts.
     """
 
-    max_attempts: int = 6
+    max_attempts: int = 8
     initial_backoff_s: float = 0.25
     max_backoff_s: float = 5.0
     backoff_multiplier: float = 2.0
@@ -117,7 +117,7 @@ class RetryThrottle:
     raised at once), so a client never adds a retry storm to a runner in trouble.
     Thread-safe; never blocks."""
 
-    def __init__(self, max_tokens: float = 10.0, token_ratio: float = 0.1) -> None:
+    def __init__(self, max_tokens: float = 20.0, token_ratio: float = 0.1) -> None:
         if max_tokens <= 0 or token_ratio <= 0:
             raise ValueError("max_tokens and token_ratio must be positive")
         self.max_tokens = float(max_tokens)

@@ -11,6 +11,7 @@ import sys
 import pexpect
 import pytest
 
+from tests.client.conftest import processes  # noqa: F401 - a fixture, for tests that restart their runner
 from tests.client.processes import RunnerProc, RunnerProcesses
 
 #: The console script installed next to the interpreter running the tests (scripts/install).
@@ -60,11 +61,9 @@ class Cli:
 def cli(tmp_path_factory):
     """One runner for a module's CLI tests: three workers, a long cancel grace (a
     run ignoring its cancellation keeps running for 30 s), an admin token."""
-    processes = RunnerProcesses(tmp_path_factory.mktemp("cli-runner"))
+    started = RunnerProcesses(tmp_path_factory.mktemp("cli-runner"))
     try:
-        runner = processes.start(
-            "runner", RUNNER_WORKERS="3", RUNNER_CANCEL_GRACE_S="30", RUNNER_ADMIN_TOKEN=ADMIN_TOKEN
-        )
+        runner = started.start("runner", RUNNER_WORKERS="3", RUNNER_CANCEL_GRACE_S="30", RUNNER_ADMIN_TOKEN=ADMIN_TOKEN)
         yield Cli(runner)
     finally:
-        processes.close()
+        started.close()

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pexpect
 import pytest
 from google.protobuf import json_format
 
 from protos.runner.v1 import runner_pb2 as pb
-from runner_client import RunnerClient
+from runner_client import RunnerClient, specs
 from runner_client.cli import exits
-from tests.cli.conftest import ADMIN_TOKEN, plain
+from tests.cli.conftest import ADMIN_TOKEN, Cli, plain
 from tests.e2e.test_process import free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -196,3 +197,29 @@ def test_statistics_tables_for_batch_compare_and_sweep_and_a_spec_file(cli, tmp_
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     text, status = cli.run("run", "--spec-file", str(tmp_path / "spec.json"))
     assert status == exits.OK and "winner" in text, text
+
+
+def test_watch_resumes_across_a_runner_restart(processes, tmp_path):
+    """`runner watch` of a queued run while its runner is killed (-9) and started
+    again on the same port and SQLite file: the command says it resumes, follows
+    the run to its end on the new process and exits 0."""
+    db = tmp_path / "runner.db"
+    first = processes.start("runner", db=db)
+    with RunnerClient(first.address) as client:
+        blocker = client.submit_run(specs.diagnostic(ticks=6000, tick_s=0.01))
+        deadline = time.monotonic() + 10
+        while client.get_run(blocker.run_id).state != pb.RUNNING:
+            assert time.monotonic() < deadline, "the blocker never started"
+            time.sleep(0.02)
+        waiting = client.submit_run(specs.diagnostic(ticks=30, tick_s=0.01, log_every=10))
+    cli = Cli(first)
+    child = cli.spawn("watch", waiting.run_id, timeout_s=60)
+    child.expect("QUEUED")
+    processes.kill(first)
+    child.expect("resuming")
+    processes.start("runner", port=first.port, db=db)
+    child.expect(pexpect.EOF)
+    child.close()
+    text = plain(child.before)
+    assert child.exitstatus == exits.OK, text
+    assert "tick 30" in text and f"run {waiting.run_id} SUCCEEDED" in text

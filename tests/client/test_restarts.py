@@ -29,7 +29,7 @@ PATIENT = RetryPolicy(max_attempts=40, initial_backoff_s=0.05, max_backoff_s=0.5
 
 def patient(**more) -> dict:
     """Client arguments for riding out a restart: PATIENT, and a throttle with room
-    for its attempts (the default one stops retrying after five failures in a row)."""
+    for its attempts (the default one stops retrying after ten failures in a row)."""
     return dict(retry=PATIENT, throttle=RetryThrottle(max_tokens=100), **more)
 
 
