@@ -16,7 +16,7 @@ from protos.runner.v1 import runner_pb2 as pb
 from runner_client import AsyncRunnerClient, RunnerError
 from runner_client.cli import exits
 from runner_client.cli.display import RunView, show_outcome
-from runner_client.events import state_name
+from runner_client.events import TERMINAL_STATES, state_name
 
 
 class Follower:
@@ -101,5 +101,5 @@ class Follower:
         except RunnerError as exc:
             self.view.note(f"[red]could not cancel:[/] {exc} (Ctrl-C again to detach)")
             return
-        if run.state in (pb.QUEUED, pb.RUNNING):
+        if run.state in (pb.QUEUED, pb.RUNNING) and self.final_state not in TERMINAL_STATES:
             self.view.note("cancel requested; waiting for the run to stop")
