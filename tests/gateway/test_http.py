@@ -388,7 +388,7 @@ async def test_401_and_403_from_the_runner_admin_token(start_runner, start_gatew
 
 
 async def test_summary_over_rest(stack):
-    runner, gw = stack
+    _, gw = stack
     created = await gw.client.post("/v1/runs", json=diagnostic_body(ticks=1))
     assert created.status_code == 200
     deadline = asyncio.get_running_loop().time() + 10
