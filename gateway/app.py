@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway import errors, openapi, routing, rules
+from gateway import docs, errors, openapi, routing, rules, web
 from gateway.health import Probes
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
@@ -49,7 +49,7 @@ def create_app(
     upstream = upstream if upstream is not None else Upstream(settings)
     metrics = GatewayMetrics() if settings.metrics_listen else None
     http_rules = rules.load(files)
-    document = openapi.document(http_rules)
+    document = openapi.document(http_rules, comments=openapi.load_comments())
     probes = Probes(upstream, settings)
 
     async def openapi_json(request: Request):
@@ -74,7 +74,12 @@ def create_app(
             if server is not None:
                 await asyncio.to_thread(server.close)
 
-    own_routes = [*probes.routes(), Route("/openapi.json", openapi_json, methods=["GET"])]
+    own_routes = [
+        *probes.routes(),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        *docs.routes(),  # /docs: Swagger UI
+        *web.routes(),  # /: the operator pages
+    ]
     rpc_routes = routing.build_routes(http_rules, upstream, settings)
     return Gateway(
         routing.Dispatcher(rpc_routes, reserved=[route.path for route in own_routes]),

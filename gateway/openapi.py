@@ -17,12 +17,19 @@ limit                     JSON schema
 ``oneof_required``        ``oneOf`` over the members
 Duration bounds           in the description
 ========================  ==============================================================
+
+The schema's comments (``comments``: full name → text, from ``protos/runner/v1/comments.json``,
+which ``scripts/gen-protos`` writes, since the generated code keeps no source info) become the
+operations' summaries (a method comment's first sentence) and descriptions, the tags'
+descriptions (services), and the descriptions of schemas (messages, enums and their values),
+properties and parameters (fields); every limit is also said in words in a field's description.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -77,11 +84,88 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def load_comments() -> dict[str, str]:
+    """The schema's comments by full name, as ``scripts/gen-protos`` wrote them next to the
+    generated code (empty when the file is missing)."""
+    from importlib import resources
+
+    try:
+        text = resources.files("protos.runner.v1").joinpath("comments.json").read_text(encoding="utf-8")
+    except (FileNotFoundError, OSError):
+        return {}
+    return dict(json.loads(text))
+
+
+def summary_of(comment: str) -> str:
+    """The first sentence of a comment, for an operation's summary.
+
+    >>> summary_of("Accepts a run and returns it. Unknown fields are dropped.")
+    'Accepts a run and returns it.'
+    """
+    first = re.split(r"(?<=[.;:])\s", comment.strip(), maxsplit=1)[0]
+    return first.rstrip(";:") + ("." if first.endswith((";", ":")) else "")
+
+
+def limit_notes(field: FieldDescriptor, limits: limits_pb2.FieldLimits) -> list[str]:
+    """The limits of a field in words (the same ones the JSON-schema constraints carry)."""
+    notes = []
+    if limits.required:
+        notes.append("required")
+    low, high = limit(limits, "min"), limit(limits, "max")
+    if low is not None and high is not None:
+        notes.append(f"from {_number(low):,} to {_number(high):,}")
+    elif low is not None:
+        notes.append(f"at least {_number(low):,}")
+    elif high is not None:
+        notes.append(f"at most {_number(high):,}")
+    min_len, max_len = limit(limits, "min_len"), limit(limits, "max_len")
+    is_map = field.message_type is not None and field.message_type.GetOptions().map_entry
+    chars = "keys and values at most" if is_map else "at most"
+    if min_len:
+        notes.append(f"at least {min_len} characters")
+    if max_len is not None:
+        notes.append(f"{chars} {max_len} characters")
+    pattern = limit(limits, "pattern")
+    if pattern is not None:
+        notes.append(f"matching `{pattern}`")
+    items = "entries" if is_map else "items"
+    min_items, max_items = limit(limits, "min_items"), limit(limits, "max_items")
+    if min_items:
+        notes.append(f"at least {min_items} {items}")
+    if max_items is not None:
+        notes.append(f"at most {max_items} {items}")
+    json_notes = _json_notes(limits)
+    if json_notes:
+        notes.append(json_notes)
+    if limit(limits, "struct_max_values") is not None:
+        notes.append(f"at most {limits.struct_max_values} values in all")
+    return notes
+
+
+def _join(*parts: str) -> str:
+    return "\n\n".join(p for p in parts if p)
+
+
+def _describe(target: dict, description: str) -> None:
+    """Put ``description`` on a schema or parameter, after what it says already (unless
+    ``description`` says that too)."""
+    existing = target.get("description", "")
+    if description:
+        target["description"] = description if existing in description else _join(existing, description)
+
+
 class _Schemas:
     """Component schemas, one per message and enum type reached from the operations."""
 
-    def __init__(self) -> None:
+    def __init__(self, comments: Mapping[str, str] | None = None) -> None:
         self.components: dict[str, dict] = {}
+        self.comments: Mapping[str, str] = comments or {}
+
+    def describe(self, field: FieldDescriptor) -> str:
+        """A field's comment and its limits in words."""
+        notes = limit_notes(field, field_limits(field))
+        limits_text = ("Limits: " + "; ".join(notes) + ".") if notes else ""
+        return _join(self.comments.get(field.full_name, ""), limits_text)
 
     def message(self, descriptor: Descriptor) -> dict:
         if descriptor.full_name in _WELL_KNOWN:
@@ -95,7 +179,16 @@ class _Schemas:
     def enum(self, descriptor: EnumDescriptor) -> dict:
         name = descriptor.full_name
         if name not in self.components:
-            self.components[name] = {"type": "string", "enum": [v.name for v in descriptor.values]}
+            schema: dict[str, Any] = {"type": "string", "enum": [v.name for v in descriptor.values]}
+            values = [
+                f"- `{v.name}`: {self.comments[f'{name}.{v.name}']}"
+                for v in descriptor.values
+                if f"{name}.{v.name}" in self.comments
+            ]
+            description = _join(self.comments.get(name, ""), "\n".join(values))
+            if description:
+                schema["description"] = description
+            self.components[name] = schema
         return _ref(name)
 
     def _object(self, descriptor: Descriptor) -> dict:
@@ -103,10 +196,13 @@ class _Schemas:
         required: list[str] = []
         for field in descriptor.fields:
             properties[field.json_name] = self.field(field)
+            _describe(properties[field.json_name], self.describe(field))
             limits = field_limits(field)
             if _is_required(field, limits):
                 required.append(field.json_name)
         schema: dict = {"type": "object", "properties": properties, "additionalProperties": False}
+        if descriptor.full_name in self.comments:
+            schema["description"] = self.comments[descriptor.full_name]
         if required:
             schema["required"] = required
         choices: list[dict] = []
@@ -289,6 +385,7 @@ def _query_parameters(schemas: _Schemas, descriptor: Descriptor, skip: set[str],
             continue  # Value: no query form
         schema = schemas.field(field)
         parameter: dict[str, Any] = {"name": path, "in": "query", "schema": schema}
+        _describe(parameter, schemas.describe(field))
         if field.is_repeated:
             parameter.update(style="form", explode=True)
         yield parameter
@@ -302,11 +399,15 @@ def _operation(schemas: _Schemas, rule: HttpRule, operation_id: str) -> dict:
         schema = schemas.field(field)
         if schema.get("type") == "string":
             schema = {**schema, "pattern": schema.get("pattern", r"^[^/]+$")}
-        parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
+        parameter = {"name": name, "in": "path", "required": True, "schema": schema}
+        _describe(parameter, schemas.describe(field))
+        parameters.append(parameter)
+    comment = schemas.comments.get(f"{rule.service}.{rule.method}", "")
     operation: dict = {
         "operationId": operation_id,
         "tags": [rule.service.rsplit(".", 1)[-1]],
-        "summary": f"{rule.service}.{rule.method}",
+        "summary": summary_of(comment) if comment else f"{rule.service}.{rule.method}",
+        "description": _join(comment, f"gRPC: `{rule.service}/{rule.method}`."),
     }
     skip = set(rule.variables)
     if rule.body == "*":
@@ -418,17 +519,31 @@ def _health_paths() -> dict:
     }
 
 
-def document(rules: Iterable[HttpRule], title: str = "runner.v1 REST gateway", version: str = "1") -> dict:
-    """The OpenAPI document for ``rules`` (plus the health probes)."""
-    schemas = _Schemas()
+def document(
+    rules: Iterable[HttpRule],
+    title: str = "runner.v1 REST gateway",
+    version: str = "1",
+    comments: Mapping[str, str] | None = None,
+) -> dict:
+    """The OpenAPI document for ``rules`` (plus the health probes); ``comments`` (full name →
+    text, see :func:`load_comments`) describe the operations, tags, schemas and fields."""
+    schemas = _Schemas(comments)
     paths: dict[str, dict] = {}
     seen: dict[str, int] = {}
+    tags: dict[str, str] = {}
+    default_max: set[int] = set()
     for rule in rules:
+        options: Any = cast(Descriptor, rule.input_type.DESCRIPTOR).file.GetOptions()
+        if options.HasExtension(limits_pb2.default_max_string_len):
+            default_max.add(options.Extensions[limits_pb2.default_max_string_len])
+        tags.setdefault(rule.service.rsplit(".", 1)[-1], schemas.comments.get(rule.service, ""))
         base = f"{rule.service.rsplit('.', 1)[-1]}_{rule.method}"
         seen[base] = seen.get(base, 0) + 1
         operation_id = base if seen[base] == 1 else f"{base}_{seen[base] - 1}"
         paths.setdefault(_openapi_path(rule), {})[rule.verb.lower()] = _operation(schemas, rule, operation_id)
     paths.update(_health_paths())
+    tag_list = [{"name": name, **({"description": text} if text else {})} for name, text in tags.items()]
+    tag_list.append({"name": "Health", "description": "HTTP probes answered by the gateway."})
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -436,8 +551,16 @@ def document(rules: Iterable[HttpRule], title: str = "runner.v1 REST gateway", v
             "version": version,
             "description": "Generated from the google.api.http annotations of the schema. JSON follows the "
             "proto3 JSON mapping. Headers: Grpc-Timeout (deadline), Authorization, traceparent, x-request-id, "
-            "Grpc-Metadata-* (gRPC metadata).",
+            "Grpc-Metadata-* (gRPC metadata). "
+            + (
+                f"Every string is at most {max(default_max):,} characters unless its field says less. "
+                if default_max
+                else ""
+            )
+            + "A request breaking a limit is answered 400 with a google.rpc.BadRequest listing the fields. "
+            "Degraded answers (429 QUEUE_FULL, 503 CIRCUIT_OPEN / DRAINING / DB_UNAVAILABLE) carry Retry-After.",
         },
+        "tags": tag_list,
         "paths": paths,
         "components": {"schemas": dict(sorted(schemas.components.items()))},
     }

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class RunnerServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Runs: submit, execute, read, list, watch and cancel them; the scenario catalog,
+    the summary for dashboards and the resilience picture.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -82,7 +84,9 @@ class RunnerServiceStub:
 
 
 class RunnerServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Runs: submit, execute, read, list, watch and cancel them; the scenario catalog,
+    the summary for dashboards and the resilience picture.
+    """
 
     def SubmitRun(self, request, context):
         """Accepts a run and returns it once it is durably stored (state QUEUED).
@@ -103,7 +107,8 @@ class RunnerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One run by id, with its result or error once it has ended. NOT_FOUND for an unknown id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -132,13 +137,17 @@ class RunnerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListScenarios(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The scenarios a simulation, batch, compare or sweep spec may name: the built-in
+        ones and the operator's (RUNNER_SCENARIO_DIR), with their sides and units.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSummary(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Runs by state, the newest runs and the latest progress of running ones, served
+        from a revision-gated cache (the answer says how fresh each section is).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -209,7 +218,9 @@ def add_RunnerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RunnerService:
-    """Missing associated documentation comment in .proto file."""
+    """Runs: submit, execute, read, list, watch and cancel them; the scenario catalog,
+    the summary for dashboards and the resilience picture.
+    """
 
     @staticmethod
     def SubmitRun(request,
@@ -482,13 +493,17 @@ class AdminServiceServicer:
     """
 
     def GetStatus(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The worker pool, the watchdog's churn policy (allowed, cooling_down, blocked)
+        with its cooldown and recommended action, the load and the resilience picture.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RestartWorkers(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Restarts the worker pool gracefully. While the churn policy is BLOCKED it needs
+        acknowledge_override (FAILED_PRECONDITION without it); every override is audited.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
