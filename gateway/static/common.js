@@ -192,7 +192,8 @@ export const banner = new StatusBanner();
 // ------------------------------------------------------------------ polling
 
 /**
- * Calls `fn` every `intervalMs` (slower while the page is hidden), one call at a time. A failure
+ * Calls `fn` every `intervalMs` (slower while the page is hidden; sooner when `fn` returns a
+ * number of ms), one call at a time. A failure
  * that may pass is retried after backoffMs (Retry-After honoured), shown on the banner, and
  * cleared on the next success; any other failure is shown and polling goes on at the interval.
  */
@@ -238,10 +239,10 @@ export class Poller {
     this.running = true;
     let delay;
     try {
-      await this.fn();
+      const hint = await this.fn(); // a number: the call asks to be made again sooner
       this.failures = 0;
       banner.clear(this.name);
-      delay = document.hidden ? this.hiddenIntervalMs : this.intervalMs;
+      delay = document.hidden ? this.hiddenIntervalMs : typeof hint === "number" ? hint : this.intervalMs;
     } catch (err) {
       this.failures += 1;
       const retry = retryable(err);

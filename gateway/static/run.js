@@ -89,7 +89,9 @@ function logLine(time, className, text, level = "") {
   page.pendingLines.push([time, className, text, level]);
   if (!page.flushScheduled) {
     page.flushScheduled = true;
-    requestAnimationFrame(flushLog);
+    // No animation frames in a hidden tab: a timer keeps the log current there.
+    if (document.hidden) setTimeout(flushLog, 250);
+    else requestAnimationFrame(flushLog);
   }
 }
 
@@ -230,6 +232,7 @@ async function follow() {
         if (!page.ended) streamError = streamError || new ApiError(0, { message: "the stream was cut" });
       });
       if (page.ended) break;
+      if (!streamError && (await endedMeanwhile())) break;
       throw streamError || new ApiError(0, { message: "the stream ended before the run did" });
     } catch (err) {
       if (err instanceof ApiError && err.status === 404) {
@@ -247,6 +250,29 @@ async function follow() {
     }
   }
   banner.clear("stream");
+}
+
+/**
+ * A stream that ends cleanly before its terminal event: the run may have ended without an event
+ * after the one we resumed from (events seen live but lost with a runner killed before it
+ * stored them). The stored run is the truth: show its end.
+ */
+async function endedMeanwhile() {
+  let run;
+  try {
+    run = await api(`/v1/runs/${encodeURIComponent(runId)}`);
+  } catch {
+    return false;
+  }
+  if (!TERMINAL.has(run.state)) return false;
+  logLine(run.endTime, "state", `state ${run.state} (as stored; the stream had no event after ${page.lastSeq})`);
+  page.ended = true;
+  page.run = run;
+  renderFacts();
+  setState(run.state);
+  showEnd(run);
+  setStreamState("ended");
+  return true;
 }
 
 // ------------------------------------------------------------------ cancel

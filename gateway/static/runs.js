@@ -13,6 +13,7 @@ import {
 const MAX_PAGE = 500;
 const MAX_ROWS = 5000;
 const LIST_EVERY_MS = 15000;
+const STALE_AGAIN_MS = 1000;
 
 const view = {
   state: "",
@@ -108,6 +109,9 @@ async function pollSummary() {
     view.revision = revision;
   }
   byId("updated").textContent = `updated ${when(new Date().toISOString())}`;
+  // A stale section is being rebuilt on the runner: its fresh answer is a moment away.
+  const stale = (summary.sections || []).some((s) => s.name !== "recent_progress" && s.cache === "CACHE_STALE");
+  return stale ? STALE_AGAIN_MS : undefined;
 }
 
 function renderCounts(counts) {
