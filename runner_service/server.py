@@ -23,6 +23,7 @@ from runner_service.progress import Hub
 from runner_service.scheduler import Scheduler
 from runner_service.settings import Settings, parse_jobs, redact_url
 from runner_service.sql_store import SqlStore
+from runner_service.summary import SummaryCache
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class RunnerApp:
             if settings.queue_in_database
             else None
         )
+        self.summary = SummaryCache(self.store, settings.summary_revision_ttl_s, enabled=settings.summary_cache)
+        self.store.on_touch = self.summary.touched
         self.health = Health(self.store, self.scheduler)
         self.diagnostics = Diagnostics(
             self.store.breaker.status,
@@ -86,7 +89,7 @@ class RunnerApp:
         servicer_mod.add_to_server(
             self.server,
             servicer_mod.RunnerServicer(
-                self.scheduler, self.store, Catalog(settings.scenario_dir), settings, self.resilience
+                self.scheduler, self.store, Catalog(settings.scenario_dir), settings, self.resilience, self.summary
             ),
             servicer_mod.AdminServicer(self.scheduler, settings, self.audit, self.resilience),
             health=self.health.servicer,

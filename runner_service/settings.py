@@ -99,6 +99,11 @@ class Settings:
     # Progress is written behind at this interval (0: 0.1 s with the queue in this
     # process, 0.01 s with the queue in the database, where other replicas' watchers read it).
     progress_flush_s: float = 0.0
+    # GetSummary: sections are cached and rebuilt when the database's revision of
+    # what they show moves; revisions are read at most this often (and at once after
+    # a commit of this process). summary_cache=false reads everything every call.
+    summary_cache: bool = True
+    summary_revision_ttl_s: float = 0.25
 
     @property
     def queue_in_database(self) -> bool:
