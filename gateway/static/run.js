@@ -13,6 +13,7 @@ import {
 import { renderResult } from "./results.js";
 
 const MAX_LOG_LINES = 2000;
+const FLUSH_MS = 100;
 const SILENCE_MS = 50000; // keep-alives come every 15 s by default
 
 const runId = decodeURIComponent(location.pathname.replace(/^\/runs\//, ""));
@@ -57,6 +58,7 @@ function setState(state) {
   page.run.state = state;
   setStateBadge(page.badge, state);
   byId("cancel").disabled = TERMINAL.has(state) || page.run.cancelRequested;
+  byId("cancel").hidden = TERMINAL.has(state);
   if (state === "SUCCEEDED") setProgress({ ...(page.run.progress || {}), fraction: 1 });
 }
 
@@ -89,13 +91,13 @@ function logLine(time, className, text, level = "") {
   page.pendingLines.push([time, className, text, level]);
   if (!page.flushScheduled) {
     page.flushScheduled = true;
-    // No animation frames in a hidden tab: a timer keeps the log current there.
-    if (document.hidden) setTimeout(flushLog, 250);
-    else requestAnimationFrame(flushLog);
+    // At most ten DOM updates a second, in a frame when the tab is shown (a hidden tab has
+    // no frames: the timer alone keeps its log current).
+    setTimeout(() => (document.hidden ? flushLog() : requestAnimationFrame(flushLog)), FLUSH_MS);
   }
 }
 
-/** Lines arrive faster than frames: add them once per frame, keep the last MAX_LOG_LINES. */
+/** Lines may come faster than frames: add those waiting at once, keep the last MAX_LOG_LINES. */
 function flushLog() {
   page.flushScheduled = false;
   const list = byId("log");

@@ -23,6 +23,7 @@ const view = {
   next: "", // page_token of the page after the loaded ones
   revision: null, // counts and recent_runs revisions of the last summary that loaded the table
   listedAt: 0,
+  generation: 0, // bumped when the filters change: answers to older questions are dropped
   rows: new Map(), // run_id -> {tr, cells, sig, run}
 };
 
@@ -53,6 +54,7 @@ function listPath(size, token) {
 
 /** Ask again for as many runs as are shown (at least a page), newest first, page by page. */
 async function loadList() {
+  const generation = view.generation;
   const want = Math.min(MAX_ROWS, Math.max(view.pageSize, view.runs.length));
   const runs = [];
   let token = "";
@@ -61,17 +63,21 @@ async function loadList() {
     runs.push(...(page.runs || []));
     token = page.nextPageToken || "";
   } while (token && runs.length < want);
+  if (generation !== view.generation) return false;
   view.runs = runs;
   view.next = token;
   view.listedAt = Date.now();
   render();
+  return true;
 }
 
 async function loadMore() {
   const button = byId("more");
   button.disabled = true;
+  const generation = view.generation;
   try {
     const page = await api(listPath(view.pageSize, view.next));
+    if (generation !== view.generation) return;
     const known = new Set(view.runs.map((r) => r.runId));
     view.runs.push(...(page.runs || []).filter((r) => !known.has(r.runId)));
     view.next = page.nextPageToken || "";
@@ -105,8 +111,7 @@ async function pollSummary() {
   }
   const revision = revisionOf(summary);
   if (revision !== view.revision || Date.now() - view.listedAt > LIST_EVERY_MS) {
-    await loadList();
-    view.revision = revision;
+    if (await loadList()) view.revision = revision;
   }
   byId("updated").textContent = `updated ${when(new Date().toISOString())}`;
   // A stale section is being rebuilt on the runner: its fresh answer is a moment away.
@@ -152,7 +157,7 @@ function makeRow(run) {
     kind: h("td", { text: kindOf(run) }),
     scenario: h("td", { class: "col-scenario", text: scenarioOf(run.spec) }),
     created: h("td", { class: "col-created", title: run.createTime || "", text: when(run.createTime) }),
-    duration: h("td", { class: "num" }),
+    duration: h("td", { class: "num col-duration" }),
     bar: bar(),
     pct: h("span", { class: "pct" }),
   };
@@ -221,6 +226,7 @@ function setFilter(name, value) {
 }
 
 function changed() {
+  view.generation += 1;
   view.runs = [];
   view.next = "";
   view.revision = null;

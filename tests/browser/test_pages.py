@@ -283,7 +283,12 @@ def test_runner_stopped_then_started_degraded_state_shown_no_flood_and_recovery(
     )
     browser.switch_to.window(run_tab)
     wait_for("the run page resumed to the end", lambda: badge(browser) == "INTERRUPTED", timeout_s=25)
-    log = browser.find_element(By.ID, "log").text
+
+    def log_with_the_end() -> str:
+        shown = browser.find_element(By.ID, "log").text
+        return shown if "state INTERRUPTED" in shown else ""
+
+    log = wait_for("the end in the log", log_with_the_end)
     # Resumed from the last event: every state change once, nothing shown twice.
     assert log.count("state RUNNING") == 1 and log.count("state INTERRUPTED") == 1
     lines = [line.split(" ", 1)[1] for line in log.splitlines() if "tick " in line]
