@@ -33,7 +33,7 @@ class Cli:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
         env.update(RUNNER_TARGET=self.runner.address, TERM="xterm-256color", COLUMNS="120", LINES="40")
         # gRPC core's own log lines go to stderr, which the pseudo-terminal mixes in.
-        env.setdefault("GRPC_VERBOSITY", "NONE")
+        env["GRPC_VERBOSITY"] = "NONE"
         env.pop("NO_COLOR", None)
         env.update(extra)
         return env
