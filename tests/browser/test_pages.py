@@ -10,13 +10,14 @@ import json
 import time
 
 import grpc
+import httpx
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from protos.runner.v1 import runner_pb2 as pb
 from protos.runner.v1 import runner_pb2_grpc
-from tests.browser.conftest import ADMIN_TOKEN
+from tests.browser.conftest import ADMIN_TOKEN, GatewayThread
 from tests.browser.pages import (
     console_errors,
     cpu_share,
@@ -378,3 +379,52 @@ def test_responsive_with_1000_runs_in_the_table_and_100_log_lines_a_second(brows
     assert lines_per_s > 50, f"only {lines_per_s:.0f} log lines/s shown"
     assert log_cpu < 0.6, f"the log keeps the main thread {log_cpu:.0%} busy"
     assert not console_errors(browser)
+
+
+def test_backoff_waits_at_least_what_retry_after_says_and_grows_with_jitter(browser, site):
+    _, gateway = site
+    browser.get(f"{gateway.url}/")
+    waits = browser.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        import('/static/common.js').then((m) => done({
+          told: Array.from({length: 50}, () => m.backoffMs(1, 7)),
+          grown: [1, 2, 3, 4, 5, 6, 9].map((n) => Array.from({length: 50}, () => m.backoffMs(n, null))),
+        }));
+        """
+    )
+    assert all(7000 <= w <= 8400 for w in waits["told"])
+    for failures, samples in zip([1, 2, 3, 4, 5, 6, 9], waits["grown"]):
+        ceiling = min(15000, 1000 * 2 ** (failures - 1))
+        assert all(ceiling / 2 <= w <= ceiling for w in samples), (failures, min(samples), max(samples))
+        assert len(set(samples)) > 40  # jittered: clients do not come back together
+
+
+@pytest.mark.timeout(60)
+def test_a_full_queue_is_shown_and_the_submit_retried_until_it_passes(browser, processes, artifacts):
+    runner = processes.start("queue", RUNNER_WORKERS="1", RUNNER_MAX_QUEUED="1")
+    gateway = GatewayThread(runner.address)
+    gateway.start()
+    try:
+        running = submit(gateway.url, diagnostic(600, 0.05))
+        waiting = submit(gateway.url, diagnostic(600, 0.05))
+        browser.get(f"{gateway.url}/submit?kind=diagnostic")
+        wait_for("the form", lambda: browser.find_elements(By.CSS_SELECTOR, "#ticks-hint"))
+        fill(browser, "ticks", "5")
+        browser.find_element(By.ID, "submit").click()
+        wait_for("the queue full banner", lambda: "Queue full" in text(browser, "#status"), timeout_s=10)
+        assert "trying again in" in text(browser, "#status")
+        shoot(browser, artifacts, "submit-queue-full")
+        first_refusal = time.monotonic()
+        for run in (running, waiting):
+            httpx.post(f"{gateway.url}/v1/runs/{run['runId']}:cancel", json={}, timeout=10)
+        wait_for("the run page", lambda: "/runs/" in browser.current_url, timeout_s=30)
+        wait_for("the run's end", lambda: badge(browser) == "SUCCEEDED", timeout_s=15)
+        submits = [r for r in gateway.counter.since(first_refusal - 15) if r[1] == "POST" and r[2] == "/v1/runs"]
+        # Two from the test, then the page's: a first try and a few retries, never a tight loop.
+        assert 2 + 2 <= len(submits) <= 2 + 6, submits
+        listed = httpx.get(f"{gateway.url}/v1/runs", params={"kind": "diagnostic"}, timeout=10).json()["runs"]
+        assert len(listed) == 3  # retried with one request_id: one run, however many tries
+    finally:
+        gateway.stop()
+        processes.kill(runner)
