@@ -36,6 +36,11 @@ from runner_service.store import RunRecord, StoredEvent, now_us
 CHANNEL_RUNS = "runner_runs"
 CHANNEL_CANCEL = "runner_cancel"
 CHANNEL_EVENTS = "runner_events"
+# A run taken over from a lost process gets its next event this far past the last
+# one stored: the lost process may have shown its watchers events it never stored
+# (events are written behind), and a watcher resuming after the last one it saw
+# must still get the run's next state change.
+RECOVERY_SEQ_GAP = 1 << 20
 
 # Builds the state event a run gets when it moves: (run as stored before, its new
 # event's seq, time) -> (event, serialized google.rpc.Status error or None).
@@ -126,9 +131,11 @@ def _move(
     factory: EventFactory,
     now: int,
     extra: dict | None = None,
+    seq_gap: int = 1,
 ) -> RunRecord:
-    """Give a locked run its next state and state event, in this transaction."""
-    seq = record.last_seq + 1
+    """Give a locked run its next state and state event, in this transaction, at
+    seq last_seq + seq_gap."""
+    seq = record.last_seq + seq_gap
     event, error = factory(record, seq, now)
     values: dict = {"state": int(state), "update_us": now, "last_seq": seq}
     if state.terminal:
@@ -272,13 +279,14 @@ def rescue(
     moved = []
     for row in conn.execute(pick).all():
         record = record_of(row)
+        gap = RECOVERY_SEQ_GAP
         if record.cancel_requested:
-            moved.append(_move(conn, record, RunState.CANCELLED, cancelled, now))
+            moved.append(_move(conn, record, RunState.CANCELLED, cancelled, now, seq_gap=gap))
         elif record.attempt < record.max_attempts:
             extra = {"attempt": record.attempt + 1, "replica": "", "start_us": None}
-            moved.append(_move(conn, record, RunState.QUEUED, requeued, now, extra))
+            moved.append(_move(conn, record, RunState.QUEUED, requeued, now, extra, seq_gap=gap))
         else:
-            moved.append(_move(conn, record, RunState.INTERRUPTED, ended, now))
+            moved.append(_move(conn, record, RunState.INTERRUPTED, ended, now, seq_gap=gap))
     if moved:
         notify(conn, CHANNEL_EVENTS, (r.run_id for r in moved))
         if any(r.state == RunState.QUEUED for r in moved):

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from google.protobuf import struct_pb2
 
 from protos.runner.v1 import runner_pb2 as pb
-from runner_service import convert, errors, ipc, jobs
+from runner_service import convert, coordination, errors, ipc, jobs
 from runner_service.claims import HEAVY_KINDS, Claims
 from runner_service.endings import final_error
 from runner_service.journal import Journal
@@ -152,7 +152,13 @@ class Scheduler:
         now = now_us()
         error = final_error(RunState.INTERRUPTED, "the runner process stopped while the run was running")
         event = convert.state_event(
-            record.run_id, record.last_seq + 1, now, RunState.INTERRUPTED, RunState.RUNNING, "runner restarted", error
+            record.run_id,
+            record.last_seq + coordination.RECOVERY_SEQ_GAP,
+            now,
+            RunState.INTERRUPTED,
+            RunState.RUNNING,
+            "runner restarted",
+            error,
         )
         return convert.event_to_stored(event), error.SerializeToString()
 

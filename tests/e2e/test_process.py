@@ -262,3 +262,24 @@ async def test_a_second_runner_on_the_same_sqlite_file_is_refused_with_a_clear_m
     # The first one serves on, untouched.
     run = await first.stub.SubmitRun(diagnostic(ticks=1), timeout=5)
     assert final_state(await events_of(first.stub, run.run_id)) == pb.SUCCEEDED
+
+
+async def test_a_watcher_resuming_after_a_kill_9_gets_the_run_s_end(spawn, tmp_path):
+    """Events are written behind, so a watcher may have seen events the dead
+    process never stored. Resuming after the last one it saw still gets the state
+    change that ends the run (it is stored well past any seq handed out)."""
+    db = tmp_path / "r.db"
+    first = await spawn(db)
+    run = await first.stub.SubmitRun(diagnostic(log_every=1, progress_every=1, **LONG), timeout=5)
+    seen = 0
+    async for event in first.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id), timeout=20):
+        seen = event.seq
+        if seen >= 30:
+            break
+    await wait_stored_running(db, run.run_id)
+    first.proc.kill()
+    first.proc.wait(10)
+    second = await spawn(db)
+    after = await events_of(second.stub, run.run_id, after_seq=seen)
+    assert after and final_state(after) == pb.INTERRUPTED, [e.seq for e in after]
+    assert all(e.seq > seen for e in after)
