@@ -56,8 +56,12 @@ class Listener:
 
         cargs, cparams = self._engine.dialect.create_connect_args(self._engine.url)
         conn = psycopg.connect(*cargs, **cparams, autocommit=True, connect_timeout=5)
-        for channel in self._channels:
-            conn.execute(f"LISTEN {channel}")  # channel names are our own constants
+        try:
+            for channel in self._channels:
+                conn.execute(f"LISTEN {channel}")  # channel names are our own constants
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _main(self) -> None:

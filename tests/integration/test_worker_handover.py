@@ -311,7 +311,9 @@ def test_a_final_write_the_database_refuses_still_ends_the_run(make_settings, jo
         after = await outcome(stub, (await stub.SubmitRun(diagnostic(ticks=1), timeout=5)).run_id)
         assert after.state == pb.SUCCEEDED
 
-    on_uvloop(body, make_settings(jobs=job_module, database_url=postgres_url))
+    # Progress written with the final state, not before it (a separate progress
+    # write would be the one refused, and the run would rightly succeed).
+    on_uvloop(body, make_settings(jobs=job_module, database_url=postgres_url, progress_flush_s=30.0))
 
 
 def test_a_job_logging_faster_than_the_store_writes_is_slowed_not_buffered(make_settings, job_module):
