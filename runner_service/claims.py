@@ -83,14 +83,15 @@ class Claims:
     def request(self) -> None:
         """Claim while workers are free (one claimer at a time; a request during a
         claim makes it look again)."""
-        if self._claiming is not None:
+        if self._claiming is not None and not self._claiming.done():
             self._again = True
             return
         self._claiming = asyncio.get_running_loop().create_task(self._claim_while_free(), name="claim")
         self._claiming.add_done_callback(self._claim_done)
 
     def _claim_done(self, task: asyncio.Task) -> None:
-        self._claiming = None
+        if self._claiming is task:  # not a claimer started since this one ended
+            self._claiming = None
         self._scheduler.supervise(task)
 
     async def _claim_while_free(self) -> None:

@@ -36,6 +36,8 @@ from runner_service.store import RunRecord, StoredEvent, now_us
 CHANNEL_RUNS = "runner_runs"
 CHANNEL_CANCEL = "runner_cancel"
 CHANNEL_EVENTS = "runner_events"
+# Where notify() keeps the notices of a transaction on a database without NOTIFY.
+LOCAL_NOTICES = "runner_notices"
 # A run taken over from a lost process gets its next event this far past the last
 # one stored: the lost process may have shown its watchers events it never stored
 # (events are written behind), and a watcher resuming after the last one it saw
@@ -65,15 +67,19 @@ def _clock(conn: sa.Connection):
 
 
 def notify(conn: sa.Connection, channel: str, payloads: Iterable[str]) -> None:
-    """NOTIFY each payload on channel when the transaction commits (PostgreSQL only)."""
-    if conn.dialect.name != "postgresql":
-        return
+    """NOTIFY each payload on channel when the transaction commits. SQLite has no
+    NOTIFY, and one runner holds a SQLite file: the notices wait on the connection
+    (LOCAL_NOTICES) for the store to deliver them in this process after the commit."""
     unique = sorted(set(payloads))
-    if unique:
+    if not unique:
+        return
+    if conn.dialect.name == "postgresql":
         conn.execute(
             sa.text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
             {"channel": channel, "payloads": unique},
         )
+    else:
+        conn.info.setdefault(LOCAL_NOTICES, []).extend((channel, payload) for payload in unique)
 
 
 # ---------------------------------------------------------------- claiming

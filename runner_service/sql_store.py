@@ -153,9 +153,11 @@ class SqlStore(store.Store):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._is_sqlite = settings.database_url.startswith("sqlite")
-        # With the queue in the database, commits notify the other replicas.
-        self._notify = settings.queue_in_database and not self._is_sqlite
+        # With the queue in the database, commits notify the other replicas (on
+        # SQLite, this process: see coordination.notify).
+        self._notify = settings.queue_in_database
         self.listener: Listener | None = None
+        self._local_listener: Callable[[list[tuple[str, str]]], None] | None = None
         # Told (on the event loop) which summary sections a commit touched.
         self.on_touch: Callable[[set[str]], None] | None = None
         self._touched: set[str] = set()  # by the transaction being applied (writer thread)
@@ -391,12 +393,15 @@ class SqlStore(store.Store):
         try:
             with conn.begin():
                 self._apply(conn, ops)
+            self._deliver_notices(conn)
             if self._touched and self.on_touch is not None and self._loop is not None:
                 self._loop.call_soon_threadsafe(self.on_touch, self._touched)
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
                 self._drop_writer_conn()
             raise
+        finally:
+            _discard_notices(conn)  # a rolled-back transaction's
 
     def _commit(self, batch: list[_Op]) -> list[_Op]:
         """Commit a batch; resolve what is settled; return the writes to hold."""
@@ -640,11 +645,25 @@ class SqlStore(store.Store):
             self._reader_conns.append(conn)
         try:
             with conn.begin():
-                return fn(conn, *args)
+                result = fn(conn, *args)
+            self._deliver_notices(conn)
+            return result
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
                 self._local.conn = None
             raise
+        finally:
+            _discard_notices(conn)  # a rolled-back transaction's
+
+    def _deliver_notices(self, conn: sa.Connection) -> None:
+        """After a commit on a database without NOTIFY (SQLite, held by this runner
+        alone): hand the transaction's notices to this process's listener."""
+        notices = conn.info.pop(coordination.LOCAL_NOTICES, None)
+        if notices and self._local_listener is not None and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._local_listener, notices)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         return await self._read(self._get_run, run_id)
@@ -779,9 +798,12 @@ class SqlStore(store.Store):
 
     def listen(self, channels, callback) -> bool:
         """Deliver notifications on channels to callback (on the event loop), from
-        now until close. False where the database has none (SQLite)."""
-        if self._is_sqlite or self.listener is not None:
-            return self.listener is not None
+        now until close. On SQLite, the notices of this process's own commits."""
+        if self._is_sqlite:
+            self._local_listener = callback
+            return True
+        if self.listener is not None:
+            return True
         self.listener = Listener(self.engine, channels, callback)
         self.listener.start()
         return True
@@ -829,6 +851,11 @@ def describe(exc: BaseException) -> str:
     origin = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
     lines = str(origin).strip().splitlines()
     return f"{type(origin).__name__}: {lines[0] if lines else ''}"[:200]
+
+
+def _discard_notices(conn: sa.Connection) -> None:
+    if not conn.closed and not conn.invalidated:
+        conn.info.pop(coordination.LOCAL_NOTICES, None)
 
 
 def _is_transient(exc: BaseException) -> bool:
