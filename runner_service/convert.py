@@ -12,6 +12,7 @@ from google.rpc import status_pb2
 
 from protos.runner.v1 import runner_pb2 as pb
 from runner_service.runs import RunState
+from runner_service.schema import PROGRESS_KIND
 from runner_service.store import Cursor, RunRecord, StoredEvent
 
 
@@ -65,7 +66,7 @@ def event_to_stored(event: pb.RunEvent) -> StoredEvent:
     )
 
 
-_EVENT_KINDS = {"state_change": "state", "progress": "progress", "log": "log", "result": "result"}
+_EVENT_KINDS = {"state_change": "state", "progress": PROGRESS_KIND, "log": "log", "result": "result"}
 
 
 def stored_to_event(stored: StoredEvent) -> pb.RunEvent:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from protos.runner.v1 import runner_pb2 as pb
 from runner_service import convert
 from runner_service.live import LiveRun
-from runner_service.store import RunRecord, Store
+from runner_service.store import RunRecord, RunTakenOver, Store
 from runner_service.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -27,11 +27,23 @@ WRITE_BACKLOG_LOW = 1000
 
 
 class Journal:
-    def __init__(self, settings, store: Store, pool: WorkerPool, live_runs: Callable[[], Iterable[LiveRun]]) -> None:
+    def __init__(
+        self,
+        settings,
+        store: Store,
+        pool: WorkerPool,
+        live_runs: Callable[[], Iterable[LiveRun]],
+        fence: Callable[[RunRecord], tuple[str, int] | None] = lambda record: None,
+        taken_over: Callable[[LiveRun], None] = lambda live: None,
+    ) -> None:
         self._settings = settings
         self._store = store
         self._pool = pool
         self._live_runs = live_runs
+        # With the queue in the database, every write of a run holds only while the run
+        # is still this replica's (Store.write's fence); when it is not, taken_over(live).
+        self._fence = fence
+        self._taken_over = taken_over
         self._dirty: set[LiveRun] = set()
         self._state_flush: asyncio.TimerHandle | None = None
         self.held_back = False  # the workers are not read until the store catches up
@@ -65,12 +77,17 @@ class Journal:
         return [convert.event_to_stored(ev) for ev in pending], changes
 
     def write(self, live: LiveRun, changes: dict | None, events: list, seq: int) -> asyncio.Future:
-        fut = self._store.write(live.record.run_id, changes, events)
+        fut = self._store.write(live.record.run_id, changes, events, self._fence(live.record))
         channel = live.channel
 
         def persisted(f: asyncio.Future) -> None:
-            if not f.cancelled() and f.exception() is None:
+            if f.cancelled():
+                return
+            error = f.exception()
+            if error is None:
                 channel.mark_persisted(seq)
+            elif isinstance(error, RunTakenOver) and not live.finishing:
+                self._taken_over(live)
 
         fut.add_done_callback(persisted)
         return fut

@@ -11,6 +11,13 @@ each watcher's stream carry a thousand messages a second that nobody can read; t
 transport buffers them and every later event arrives behind that backlog. A held
 progress event is replaced by newer ones while it waits, and it goes out at once when
 a state change, log or result follows it, so those are never delayed by the pace.
+
+The pace also slows down when many watch (`Pacer`): all the watchers of the process
+together are handed at most a budget of progress events a second, and every pace
+slows while the event loop lags behind. A thousand watchers of a run reporting every
+few milliseconds would otherwise keep the process writing progress, and calls
+arriving meanwhile would wait to be taken up (gRPC cancels a call the server has not
+taken up within 30 s). Every watcher still gets the latest progress, less often.
 """
 
 from __future__ import annotations
@@ -27,16 +34,76 @@ def is_progress(event: pb.RunEvent) -> bool:
     return event.WhichOneof("event") == "progress"
 
 
+class Pacer:
+    """The watchers of a process, counted, and how often each is handed progress.
+
+    A watcher's own interval is the floor of its pace. Two things slow every
+    watcher's pace: the budget (all watchers together get at most `budget` progress
+    events a second; 0 sets none) and the event loop's lag. While anyone watches, a
+    probe measures how late a short sleep wakes: past LAG_LIMIT_S the pace doubles
+    (up to MAX_SLOW_PERIOD_S), and it eases back while the loop keeps time."""
+
+    __slots__ = ("_probe", "budget", "slow_period", "watchers")
+
+    PROBE_S = 0.05
+    LAG_LIMIT_S = 0.01
+    MIN_SLOW_PERIOD_S = 0.02
+    MAX_SLOW_PERIOD_S = 1.0
+
+    def __init__(self, budget: float = 0.0, adaptive: bool = True) -> None:
+        self.budget = budget
+        self.watchers = 0
+        self.slow_period = 0.0  # the pace the loop's lag asks for; 0 while it keeps time
+        self._probe: asyncio.Task | bool | None = None if adaptive else False
+
+    def period(self, interval: float) -> float:
+        """The pace of one watcher whose own interval is `interval`."""
+        period = max(interval, self.slow_period)
+        if self.budget > 0 and self.watchers > 0:
+            period = max(period, self.watchers / self.budget)
+        return period
+
+    def joined(self) -> None:
+        self.watchers += 1
+        if self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(self._probe_lag(), name="watch-pacer")
+
+    def left(self, count: int = 1) -> None:
+        self.watchers -= count
+
+    async def _probe_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.watchers > 0:
+                started = loop.time()
+                await asyncio.sleep(self.PROBE_S)
+                lag = loop.time() - started - self.PROBE_S
+                if lag > self.LAG_LIMIT_S:
+                    self.slow_period = min(self.MAX_SLOW_PERIOD_S, max(self.MIN_SLOW_PERIOD_S, 2 * self.slow_period))
+                elif lag < self.LAG_LIMIT_S / 2 and self.slow_period > 0:
+                    eased = 0.8 * self.slow_period
+                    self.slow_period = eased if eased >= self.MIN_SLOW_PERIOD_S else 0.0
+        finally:
+            self.slow_period = 0.0
+            self._probe = None
+
+
+NO_PACER = Pacer(adaptive=False)
+
+
 class Subscription:
     """One watcher's queue. Items come out in seq order."""
 
     __slots__ = (
+        "_flowing",
         "_holding",
         "_interval",
         "_items",
         "_max_pending",
         "_next_progress_at",
+        "_pacer",
         "_pending_important",
+        "_period",
         "_waiter",
         "aborted",
         "closed",
@@ -44,14 +111,17 @@ class Subscription:
         "overflowed",
     )
 
-    def __init__(self, max_pending: int, progress_interval: float = 0.0) -> None:
+    def __init__(self, max_pending: int, progress_interval: float = 0.0, pacer: Pacer = NO_PACER) -> None:
         self._items: collections.deque[pb.RunEvent] = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._pending_important = 0
         self._max_pending = max_pending
         self._interval = progress_interval
+        self._pacer = pacer
         self._next_progress_at = 0.0  # loop time before which progress is held
+        self._period = 0.0  # the pace when the last progress event went out
         self._holding = False  # next() waits out the pace for a progress event
+        self._flowing = False  # progress was pushed while held
         self.overflowed = False
         self.closed = False  # no more events will come (terminal published or channel dropped)
         self.aborted = False  # the stream ends before the run does (the server is shutting down)
@@ -66,6 +136,7 @@ class Subscription:
             else:
                 self._items.append(event)
             if self._holding:
+                self._flowing = True
                 return  # the held progress was replaced; the pace timer wakes the watcher
         else:
             if self._pending_important >= self._max_pending:
@@ -76,10 +147,11 @@ class Subscription:
                 self._items.append(event)
         self._wake()
 
-    async def _hold(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+    async def _hold(self, loop: asyncio.AbstractEventLoop, delay: float, progress_wakes: bool = False) -> None:
         """Wait until the pace allows the held progress out, or until an event that
-        must not wait (or the end of the stream) arrives behind it."""
-        self._holding = True
+        must not wait (or the end of the stream) arrives behind it; with
+        progress_wakes, a newer progress event ends the wait too."""
+        self._holding = not progress_wakes
         self._waiter = loop.create_future()
         timer = loop.call_later(delay, self._wake)
         try:
@@ -88,6 +160,9 @@ class Subscription:
             timer.cancel()
             self._waiter = None
             self._holding = False
+
+    def _progress_alone(self) -> bool:
+        return len(self._items) == 1 and is_progress(self._items[0]) and not self.closed
 
     def close(self, aborted: bool = False) -> None:
         self.closed = True
@@ -109,11 +184,16 @@ class Subscription:
             if self._items:
                 event = self._items[0]
                 progress = is_progress(event)
-                if progress and len(self._items) == 1 and not self.closed and self._interval > 0:
+                if progress and len(self._items) == 1 and not self.closed:
                     loop = asyncio.get_running_loop()
                     hold = self._next_progress_at - loop.time()
                     if hold > 0 and event.seq > self.last_seq:
+                        self._flowing = False
                         await self._hold(loop, hold)
+                        if self._flowing and self._progress_alone():
+                            # Progress keeps coming: the next one goes out as it arrives,
+                            # fresher than the one held (waiting at most one more period).
+                            await self._hold(loop, self._period, progress_wakes=True)
                         continue
                 self._items.popleft()
                 if not progress:
@@ -121,11 +201,13 @@ class Subscription:
                 if event.seq <= self.last_seq:
                     continue  # already delivered from the replay
                 self.last_seq = event.seq
-                if progress and self._interval > 0:
-                    # Jittered, so that many watchers of one run do not all send at
-                    # the same instant and queue behind each other.
-                    pace = self._interval * (0.5 + random.random())
-                    self._next_progress_at = asyncio.get_running_loop().time() + pace
+                if progress:
+                    self._period = period = self._pacer.period(self._interval)
+                    if period > 0:
+                        # Jittered, so that many watchers of one run do not all send at
+                        # the same instant and queue behind each other.
+                        pace = period * (0.5 + random.random())
+                        self._next_progress_at = asyncio.get_running_loop().time() + pace
                 return event
             if self.closed:
                 if self.aborted:
@@ -154,9 +236,11 @@ class RunChannel:
         max_pending: int,
         history: Sequence[pb.RunEvent] = (),
         progress_interval: float = 0.0,
+        pacer: Pacer = NO_PACER,
     ) -> None:
         self.run_id = run_id
         self._progress_interval = progress_interval
+        self._pacer = pacer
         self.last_seq = last_seq
         self.persisted_seq = last_seq
         # The most recent non-progress events; every event with seq >= history_start
@@ -198,7 +282,7 @@ class RunChannel:
         after_seq, subscription for what comes next). The caller replays the store
         for after_seq < seq <= replay_up_to (nothing when it is <= after_seq), then
         the returned events, then the subscription."""
-        sub = Subscription(self._max_pending, self._progress_interval)
+        sub = Subscription(self._max_pending, self._progress_interval, self._pacer)
         if after_seq + 1 >= self.history_start:
             floor = after_seq
             replay_up_to = after_seq  # memory has it all
@@ -216,10 +300,13 @@ class RunChannel:
             sub.close()
         else:
             self._subs.add(sub)
+            self._pacer.joined()
         return replay_up_to, tail, sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        self._subs.discard(sub)
+        if sub in self._subs:
+            self._subs.remove(sub)
+            self._pacer.left()
 
     def close(self, aborted: bool = False) -> None:
         """End every watcher: after the terminal event, or (aborted) because this
@@ -227,6 +314,7 @@ class RunChannel:
         self.closed = True
         for sub in self._subs:
             sub.close(aborted)
+        self._pacer.left(len(self._subs))
         self._subs.clear()
 
     @property
@@ -237,13 +325,14 @@ class RunChannel:
 class Hub:
     """The live channels of runs owned by this process, by run id."""
 
-    def __init__(self, max_pending: int, progress_interval: float = 0.0) -> None:
+    def __init__(self, max_pending: int, progress_interval: float = 0.0, pacer: Pacer = NO_PACER) -> None:
         self._channels: dict[str, RunChannel] = {}
         self._max_pending = max_pending
         self._progress_interval = progress_interval
+        self.pacer = pacer
 
     def open(self, run_id: str, last_seq: int, history: Sequence[pb.RunEvent] = ()) -> RunChannel:
-        channel = RunChannel(run_id, last_seq, self._max_pending, history, self._progress_interval)
+        channel = RunChannel(run_id, last_seq, self._max_pending, history, self._progress_interval, self.pacer)
         self._channels[run_id] = channel
         return channel
 

@@ -101,7 +101,9 @@ class Scheduler:
             start_timeout_s=settings.worker_start_timeout_s,
         )
         self.pool.on_idle = self.dispatch
-        self.journal = Journal(settings, store, self.pool, lambda: self._live.values())
+        self.journal = Journal(
+            settings, store, self.pool, lambda: self._live.values(), self._fence, self._taken_over_running
+        )
         self.watching = Watching(settings, store, hub, self._observer)
         self._queue: collections.deque[LiveRun] = collections.deque()
         self._live: dict[str, LiveRun] = {}
@@ -325,6 +327,9 @@ class Scheduler:
     def take_claimed(self, record: RunRecord, cancel: bool) -> None:
         """A run claimed from the database for this replica: hold it and start it
         (or stop it at once when its cancel was asked meanwhile)."""
+        stale = self._live.get(record.run_id)
+        if stale is not None:  # an earlier attempt, taken over while this replica was silent
+            self._taken_over_running(stale)
         live = self._adopt(record)
         if cancel or record.cancel_requested:
             self._request_cancel(live, CancelReason.CLIENT_REQUEST)
@@ -765,26 +770,46 @@ class Scheduler:
         """This replica's lease was lost: the leader has ended or requeued its runs
         in the database. Stop them here without writing anything more."""
         for live in list(self._live.values()):
-            live.finishing = True
-            self._by_token.pop(live.token, None)
-            worker, live.worker = live.worker, None
-            if worker is not None:
-                self.pool.kill(worker)
-            self.journal.forget(live)
-            self._release_live(live, aborted=True)
-            if not live.done.done():
-                live.done.set_result(None)
+            self._drop(live)
         self._queue.clear()
+
+    def _drop(self, live: LiveRun) -> None:
+        """Stop a run here without writing anything more: it is not this replica's."""
+        live.finishing = True
+        self._by_token.pop(live.token, None)
+        try:
+            self._queue.remove(live)
+        except ValueError:
+            pass
+        worker, live.worker = live.worker, None
+        if worker is not None:
+            self.pool.kill(worker)
+        self.journal.forget(live)
+        self._release_live(live, aborted=True)
+        if not live.done.done():
+            live.done.set_result(None)
+
+    def _taken_over_running(self, live: LiveRun) -> None:
+        """A write of a run still running here was refused: the run was taken over
+        (this replica's lease expired meanwhile; the leader ended or requeued it)."""
+        log.warning(
+            "run taken over while this replica was silent; stopping it here",
+            extra={"run_id": live.record.run_id},
+        )
+        self._drop(live)
 
     def _release_live(self, live: LiveRun, aborted: bool = False) -> None:
         run_id = live.record.run_id
         for handle in (live.deadline_handle, live.kill_handle):
             if handle is not None:
                 handle.cancel()
-        self._hub.drop(run_id, aborted)
-        self._live.pop(run_id, None)
-        if live.record.request_id:
-            self._by_request_id.pop(live.record.request_id, None)
+        if self._live.get(run_id) is live:
+            self._live.pop(run_id)
+            self._hub.drop(run_id, aborted)
+        else:  # a later attempt of the run is held here now: leave it be
+            live.channel.close(aborted)
+        if live.record.request_id and self._by_request_id.get(live.record.request_id) is live:
+            self._by_request_id.pop(live.record.request_id)
 
     # ------------------------------------------------------------ reads
 

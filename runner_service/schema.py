@@ -52,6 +52,9 @@ run_events = sa.Table(
     sa.Column("payload", sa.LargeBinary, nullable=False),
 )
 
+# run_events.kind of a progress event (the others: state, log, result).
+PROGRESS_KIND = "progress"
+
 schema_version = sa.Table(
     "schema_version",
     metadata,

@@ -19,7 +19,7 @@ from runner_service.exposition import MetricsServer
 from runner_service.health import Health
 from runner_service.jobs.catalog import Catalog
 from runner_service.membership import Membership
-from runner_service.progress import Hub
+from runner_service.progress import Hub, Pacer
 from runner_service.scheduler import Scheduler
 from runner_service.settings import Settings, parse_jobs, redact_url
 from runner_service.sql_store import SqlStore
@@ -59,7 +59,11 @@ class RunnerApp:
         self.store = SqlStore(settings)
         if self.metrics is not None:
             self.store.on_commit = self.metrics.store_committed
-        self.hub = Hub(settings.watcher_queue_size, settings.watch_progress_interval_s)
+        self.hub = Hub(
+            settings.watcher_queue_size,
+            settings.watch_progress_interval_s,
+            Pacer(settings.watch_progress_budget_per_s),
+        )
         self.scheduler = Scheduler(settings, self.store, self.hub, job_targets, observer=observer)
         # Replicas on one database: a lease, the leader's lock and its rounds.
         self.membership = (
@@ -83,6 +87,11 @@ class RunnerApp:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Calls received but not yet taken up by the server: past the first bound gRPC
+                # refuses a growing share of new ones, past the second all (its defaults, 1,000 and
+                # 3,000, cut a burst of a thousand watchers opened at once).
+                ("grpc.server.max_pending_requests", settings.max_pending_calls),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * settings.max_pending_calls),
             ],
         )
         self.audit = AuditLog(settings.audit_log_path)

@@ -37,6 +37,12 @@ class Settings:
     watcher_queue_size: int = 1000
     # A watcher gets at most one progress event per interval (the latest); 0 sends all.
     watch_progress_interval_s: float = 0.01
+    # All watchers together get at most this many progress events a second (the pace of
+    # each slows when many watch); 0 sets no bound.
+    watch_progress_budget_per_s: float = 10000.0
+    # Calls the gRPC server holds before taking them up; past it, then past twice it, gRPC
+    # refuses new ones (CANCELLED), first some, then all.
+    max_pending_calls: int = 4096
     db_pool_size: int = 4
     db_max_overflow: int = 2
     db_pool_timeout_s: float = 5.0
@@ -164,6 +170,10 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> S
         raise ValueError("RUNNER_SQLITE_WAL_AUTOCHECKPOINT_PAGES must be at least 1 (it bounds the WAL)")
     if settings.max_queued < 0:
         raise ValueError("RUNNER_MAX_QUEUED must not be negative")
+    if settings.watch_progress_interval_s < 0 or settings.watch_progress_budget_per_s < 0:
+        raise ValueError("RUNNER_WATCH_PROGRESS_INTERVAL_S and RUNNER_WATCH_PROGRESS_BUDGET_PER_S must not be negative")
+    if settings.max_pending_calls < 1:
+        raise ValueError("RUNNER_MAX_PENDING_CALLS must be at least 1")
     if settings.shared_queue not in ("auto", "on", "off"):
         raise ValueError(f"RUNNER_SHARED_QUEUE must be auto, on or off, not {settings.shared_queue!r}")
     if not 0 < settings.leader_heartbeat_s < settings.leader_ttl_s:

@@ -31,6 +31,7 @@ from runner_service.schema import (
     ADMISSION_LOCK_KEY,
     MIGRATION_LOCK_KEY,
     MIGRATIONS,
+    PROGRESS_KIND,
     STORED_SIZE,
     event_row,
     metadata,
@@ -500,10 +501,7 @@ class SqlStore(store.Store):
                 coordination.notify(conn, coordination.CHANNEL_EVENTS, (row["run_id"] for row in events))
         by_columns: dict[tuple[str, ...], list[dict]] = {}
         for run_id, values in changes.items():
-            if "state" in values:
-                touched.add(schema.STATES)
-            if "progress_done" in values or "progress_message" in values:
-                touched.add(schema.PROGRESS)
+            touched |= _sections_of(values)
             if "state" in values:
                 values["state"] = int(values["state"])
             params = {"b_" + key: value for key, value in values.items()}
@@ -512,15 +510,15 @@ class SqlStore(store.Store):
         for columns, rows in by_columns.items():
             conn.execute(_update_statement(columns), rows)
         for op in fenced:  # after the batch's other writes, which come before them
-            if self._apply_fenced(conn, op):
-                touched.add(schema.STATES)
+            touched |= self._apply_fenced(conn, op)
         schema.bump(conn, touched)
         self._touched |= touched
 
-    def _apply_fenced(self, conn: sa.Connection, op: _Op) -> bool:
+    def _apply_fenced(self, conn: sa.Connection, op: _Op) -> set[str]:
         """A write that holds only while the run is RUNNING on op.fence's replica and
         attempt: a replica whose lease expired must not overwrite what the leader
-        (or the run's next owner) stored. Refused with RunTakenOver otherwise."""
+        (or the run's next owner) stored. Refused with RunTakenOver otherwise.
+        Returns the summary sections it changed."""
         op.error = None
         replica, attempt = op.fence
         values = dict(op.changes or {})
@@ -540,12 +538,12 @@ class SqlStore(store.Store):
         )
         if not done.rowcount:
             op.error = store.RunTakenOver(f"run {op.run_id} is no longer held by {replica} (attempt {attempt})")
-            return False
+            return set()
         if op.events:
             conn.execute(sa.insert(run_events), [event_row(ev) for ev in op.events])
             if self._notify:
                 coordination.notify(conn, coordination.CHANNEL_EVENTS, [op.run_id])
-        return True
+        return _sections_of(values)
 
     def _apply_submits(self, conn: sa.Connection, submits: list[_Op]) -> None:
         waiting = None
@@ -587,14 +585,15 @@ class SqlStore(store.Store):
 
     # ------------------------------------------------------------ reads
 
-    async def _read(self, fn, *args, slow: bool = False):
+    async def _read(self, fn, *args, slow: bool = False, internal: bool = False):
         """Run fn(conn, *args) on a reader thread. Bounded: past the pool and its
-        waiting line a read is refused (PoolExhausted); while the circuit is open
-        it is refused (CircuitOpenError); slow reads (lists, summaries) also share
-        settings.slow_query_concurrency slots."""
+        waiting line a read is refused (PoolExhausted), unless it is the runner's
+        own (internal: claims, leases, health; few, and what keeps the replica
+        alive); while the circuit is open it is refused (CircuitOpenError); slow
+        reads (lists, summaries) also share settings.slow_query_concurrency slots."""
         if self._closed:
             raise StoreError("store is closed")
-        if self._reads_in_flight >= self._max_reads:
+        if self._reads_in_flight >= self._max_reads and not internal:
             raise PoolExhausted("every database connection is busy; retry shortly")
         try:
             probe = self.breaker.before_call()
@@ -714,18 +713,44 @@ class SqlStore(store.Store):
         )
         return [record_of(row) for row in rows]
 
-    async def list_events(self, run_id, after_seq, up_to_seq, limit) -> list[StoredEvent]:
-        return await self._read(self._list_events, run_id, after_seq, up_to_seq, limit)
+    async def list_events(self, run_id, after_seq, up_to_seq, limit, conflate=False) -> list[StoredEvent]:
+        return await self._read(self._list_events, run_id, after_seq, up_to_seq, limit, conflate)
 
     @staticmethod
     def _list_events(
-        conn: sa.Connection, run_id: str, after_seq: int, up_to_seq: int | None, limit: int
+        conn: sa.Connection, run_id: str, after_seq: int, up_to_seq: int | None, limit: int, conflate: bool
     ) -> list[StoredEvent]:
-        query = sa.select(run_events).where(run_events.c.run_id == run_id, run_events.c.seq > after_seq)
+        in_range = [run_events.c.run_id == run_id, run_events.c.seq > after_seq]
         if up_to_seq is not None:
-            query = query.where(run_events.c.seq <= up_to_seq)
+            in_range.append(run_events.c.seq <= up_to_seq)
+        query = sa.select(run_events).where(*in_range)
+        if conflate:  # the same latest progress for every page of one range
+            latest = sa.select(sa.func.max(run_events.c.seq)).where(*in_range, run_events.c.kind == PROGRESS_KIND)
+            query = query.where(
+                sa.or_(run_events.c.kind != PROGRESS_KIND, run_events.c.seq == latest.scalar_subquery())
+            )
         query = query.order_by(run_events.c.seq).limit(limit)
         return [StoredEvent(**row._mapping) for row in conn.execute(query)]
+
+    async def recent_events(self, run_id, limit) -> list[StoredEvent]:
+        return await self._read(self._recent_events, run_id, limit)
+
+    @staticmethod
+    def _recent_events(conn: sa.Connection, run_id: str, limit: int) -> list[StoredEvent]:
+        of_run = run_events.c.run_id == run_id
+        newest_first = run_events.c.seq.desc()
+        rows = list(
+            conn.execute(
+                sa.select(run_events)
+                .where(of_run, run_events.c.kind != PROGRESS_KIND)
+                .order_by(newest_first)
+                .limit(limit)
+            )
+        )
+        rows += conn.execute(
+            sa.select(run_events).where(of_run, run_events.c.kind == PROGRESS_KIND).order_by(newest_first).limit(1)
+        ).all()
+        return sorted((StoredEvent(**row._mapping) for row in rows), key=lambda ev: ev.seq)
 
     async def recover(self, replica, interrupted_event) -> tuple[list[str], list[RunRecord]]:
         return await self._read(self._recover, replica, interrupted_event)
@@ -762,7 +787,7 @@ class SqlStore(store.Store):
         return interrupted, queued
 
     async def ping(self) -> None:
-        await self._read(self._ping)
+        await self._read(self._ping, internal=True)
 
     async def revisions(self) -> dict[str, int]:
         return await self._read(self._revisions)
@@ -793,8 +818,9 @@ class SqlStore(store.Store):
 
     async def coordinate(self, fn, *args):
         """Run fn(conn, *args), one of runner_service.coordination's functions, in
-        its own transaction on a store thread (bounded and guarded like a read)."""
-        return await self._read(fn, *args)
+        its own transaction on a store thread (guarded like a read, but never
+        refused for the callers' reads that fill the pool)."""
+        return await self._read(fn, *args, internal=True)
 
     def listen(self, channels, callback) -> bool:
         """Deliver notifications on channels to callback (on the event loop), from
@@ -851,6 +877,16 @@ def describe(exc: BaseException) -> str:
     origin = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
     lines = str(origin).strip().splitlines()
     return f"{type(origin).__name__}: {lines[0] if lines else ''}"[:200]
+
+
+def _sections_of(values: dict) -> set[str]:
+    """The summary sections that a write of these run columns changes."""
+    sections = set()
+    if "state" in values:
+        sections.add(schema.STATES)
+    if "progress_done" in values or "progress_message" in values:
+        sections.add(schema.PROGRESS)
+    return sections
 
 
 def _discard_notices(conn: sa.Connection) -> None:

@@ -173,8 +173,17 @@ class Store(abc.ABC):
         never loads more than about max_bytes plus one run."""
 
     @abc.abstractmethod
-    async def list_events(self, run_id: str, after_seq: int, up_to_seq: int | None, limit: int) -> list[StoredEvent]:
-        """Events of a run with after_seq < seq <= up_to_seq, in seq order."""
+    async def list_events(
+        self, run_id: str, after_seq: int, up_to_seq: int | None, limit: int, conflate: bool = False
+    ) -> list[StoredEvent]:
+        """Events of a run with after_seq < seq <= up_to_seq, in seq order. With
+        conflate, of the progress events in that range only the latest (a replay
+        gives the run's progress as it is, not a backlog of it)."""
+
+    @abc.abstractmethod
+    async def recent_events(self, run_id: str, limit: int) -> list[StoredEvent]:
+        """The run's last `limit` events other than progress, and its latest progress
+        event, in seq order (what a live channel of the run holds in memory)."""
 
     @abc.abstractmethod
     async def recover(

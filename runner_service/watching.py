@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from protos.runner.v1 import runner_pb2 as pb
 from runner_service import convert, errors
 from runner_service.metrics import Observer
-from runner_service.progress import Hub, RunChannel
+from runner_service.progress import Hub, RunChannel, is_progress
 from runner_service.runs import RunState
 from runner_service.store import Store, StoreError
 
@@ -108,7 +108,7 @@ class Watching:
 
     async def _replay(self, run_id: str, after_seq: int, up_to_seq: int | None) -> AsyncIterator[pb.RunEvent]:
         while up_to_seq is None or after_seq < up_to_seq:
-            page = await self.store.list_events(run_id, after_seq, up_to_seq, REPLAY_PAGE)
+            page = await self.store.list_events(run_id, after_seq, up_to_seq, REPLAY_PAGE, conflate=True)
             for stored in page:
                 yield convert.stored_to_event(stored)
             if len(page) < REPLAY_PAGE:
@@ -175,15 +175,38 @@ class Mirror:
             self._channel.set_result(None)
             return
         settings = self._watching.settings
+        # What a channel of the run holds in memory, read once: the watchers joining
+        # here replay from it, not each from the database.
+        try:
+            recent = [
+                convert.stored_to_event(stored) for stored in await store.recent_events(self.run_id, RunChannel.HISTORY)
+            ]
+        except StoreError as exc:
+            self._channel.set_exception(exc)
+            return
+        last = recent[-1].seq if recent else record.last_seq
         # Progress read from the store is already conflated by the owner's write-behind
-        # (one per progress flush): pacing it again here would only delay it.
-        channel = RunChannel(self.run_id, record.last_seq, settings.watcher_queue_size, (), 0.0)
+        # (one per progress flush): pacing it again here would only delay it, unless
+        # so many watch that the process's progress budget sets the pace.
+        channel = RunChannel(
+            self.run_id,
+            last,
+            settings.watcher_queue_size,
+            [event for event in recent if not is_progress(event)],
+            0.0,
+            self._watching.hub.pacer,
+        )
+        progress = [event for event in recent if is_progress(event)]
+        if progress:
+            channel.latest_progress = progress[-1]
         self._channel.set_result(channel)
-        last = record.last_seq
+        if any(_is_terminal(event) for event in recent):
+            channel.close()
+            return
         while True:
             self._wake.clear()
             try:
-                page = await store.list_events(self.run_id, last, None, REPLAY_PAGE)
+                page = await store.list_events(self.run_id, last, None, REPLAY_PAGE, conflate=True)
             except StoreError:
                 page = []  # the database is failing: try again at the next poll
             for stored in page:
@@ -192,7 +215,7 @@ class Mirror:
                 channel.publish(event)
                 channel.mark_persisted(event.seq)
                 last = event.seq
-                if event.WhichOneof("event") == "state_change" and RunState(event.state_change.state).terminal:
+                if _is_terminal(event):
                     channel.close()
                     return
             if len(page) == REPLAY_PAGE:
@@ -201,3 +224,7 @@ class Mirror:
                 await asyncio.wait_for(self._wake.wait(), settings.claim_poll_s)
             except TimeoutError:
                 pass
+
+
+def _is_terminal(event: pb.RunEvent) -> bool:
+    return event.WhichOneof("event") == "state_change" and RunState(event.state_change.state).terminal

@@ -6,6 +6,7 @@ and looks at what their callers see and what the database holds."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import pathlib
 import signal
@@ -320,6 +321,48 @@ async def test_cancel_watch_and_execute_across_replicas(spawn, postgres_url, tmp
     assert final_state(await events_of(a.stub, waiting.run_id)) == pb.CANCELLED
 
 
+async def test_a_thousand_watchers_through_another_replica_follow_a_run_to_its_end(spawn, postgres_url, tmp_path):  # noqa: F811
+    a = await spawn(tmp_path / "a.db", **replica_env(postgres_url, "a"))
+    b = await spawn(tmp_path / "b.db", **replica_env(postgres_url, "b"))
+    run = await a.stub.SubmitRun(diagnostic(log_every=20, **LONG), timeout=5)
+    seen = await wait_for_state(a.stub, run.run_id, pb.RUNNING)
+    owner = query(postgres_url, "SELECT replica FROM runs WHERE run_id = :r", r=run.run_id)[0][0]
+    other = b if owner == "a" else a  # watched through the replica that does not hold it
+    crowd = [other.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id), timeout=90) for _ in range(1000)]
+
+    async def follow(call) -> list[pb.RunEvent]:
+        out = []
+        while (event := await call.read()) is not grpc.aio.EOF:
+            out.append(event)
+        return out
+
+    try:
+        firsts = await asyncio.gather(*(call.read() for call in crowd), return_exceptions=True)
+        failed = collections.Counter(f.code() for f in firsts if isinstance(f, grpc.aio.AioRpcError))
+        assert not failed, f"watchers cut: {failed}"
+        assert all(f.seq == 1 for f in firsts) and firsts[0] == seen[0]
+        await until(
+            lambda: (
+                len(query(postgres_url, "SELECT 1 FROM run_events WHERE run_id = :r AND kind = 'log'", r=run.run_id))
+                >= 2
+            ),
+            20,
+            "two log lines",
+        )
+        await other.stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id), timeout=5)
+        streams = await asyncio.wait_for(asyncio.gather(*(follow(call) for call in crowd)), 60)
+    finally:
+        for call in crowd:
+            call.cancel()
+    stored = [e for e in await events_of(a.stub, run.run_id) if e.WhichOneof("event") != "progress"]
+    assert final_state(stored) == pb.CANCELLED
+    for rest in streams:
+        seqs = [e.seq for e in rest]
+        assert seqs == sorted(set(seqs)) and seqs[0] > 1
+        delivered = [firsts[0], *(e for e in rest if e.WhichOneof("event") != "progress")]
+        assert delivered == stored, "every stored event, in order, to every watcher"
+
+
 async def test_leader_killed_another_takes_the_lock_and_prunes(spawn, postgres_url, tmp_path):  # noqa: F811
     env = dict(RUNNER_RETENTION_S="3")
     a = await spawn(tmp_path / "a.db", **replica_env(postgres_url, "a", **env))
@@ -459,7 +502,7 @@ async def test_a_replica_silent_past_its_lease_cannot_overwrite_what_the_leader_
     busy_b = await b.stub.SubmitRun(diagnostic(ticks=300, tick_s=0.02), timeout=5)  # b's worker, 6 s
     await wait_for_state(b.stub, busy_b.run_id, pb.RUNNING)
     a = await spawn(tmp_path / "a.db", **replica_env(postgres_url, "a", RUNNER_WORKERS="2"))
-    once = await a.stub.SubmitRun(diagnostic(ticks=100, tick_s=0.02), timeout=5)
+    once = await a.stub.SubmitRun(diagnostic(ticks=100, tick_s=0.02, log_every=5), timeout=5)
     retry_request = diagnostic(ticks=100, tick_s=0.02)
     retry_request.max_attempts = 2
     retried = await a.stub.SubmitRun(retry_request, timeout=5)
@@ -478,8 +521,9 @@ async def test_a_replica_silent_past_its_lease_cannot_overwrite_what_the_leader_
             15,
             "the leader to end the silent replica's run",
         )
-
-        await asyncio.sleep(2.5)  # a's jobs end meanwhile; their outcomes wait in a's sockets
+        rescued = query(postgres_url, "SELECT progress_done, last_seq FROM runs WHERE run_id = :r", r=once.run_id)[0]
+        stored = query(postgres_url, "SELECT seq FROM run_events WHERE run_id = :r ORDER BY seq", r=once.run_id)
+        await asyncio.sleep(2.5)  # a's jobs report and end meanwhile; their messages wait in a's sockets
     finally:
         a.proc.send_signal(signal.SIGCONT)
     retried_events = await events_of(b.stub, retried.run_id, timeout=30)
@@ -488,6 +532,11 @@ async def test_a_replica_silent_past_its_lease_cannot_overwrite_what_the_leader_
     assert again.attempt == 2 and again.replica in ("a", "b")  # a, back under a new lease, may claim it too
     await asyncio.sleep(2.0)  # let a act on what it found when it woke up
     assert state_changes(postgres_url, once.run_id)[-1] == (pb.RUNNING, pb.INTERRUPTED)
+    # Nor a's late progress and log lines: the run's record and history are the leader's.
+    assert (
+        query(postgres_url, "SELECT progress_done, last_seq FROM runs WHERE run_id = :r", r=once.run_id)[0] == rescued
+    )
+    assert query(postgres_url, "SELECT seq FROM run_events WHERE run_id = :r ORDER BY seq", r=once.run_id) == stored
     assert state_changes(postgres_url, retried.run_id)[-1] == (pb.RUNNING, pb.SUCCEEDED)
     assert (await a.stub.GetRun(pb.GetRunRequest(run_id=once.run_id), timeout=5)).state == pb.INTERRUPTED
     fresh = await a.stub.SubmitRun(diagnostic(ticks=1), timeout=5)

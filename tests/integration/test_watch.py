@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import itertools
 import time
+import uuid
 
 import grpc
 import pytest
@@ -186,3 +189,51 @@ async def test_watching_a_queued_run_follows_it_from_the_start(start_runner):
             events.append(event)
         assert logs(events) == ["tick 1", "tick 2"] and final_state(events) == pb.SUCCEEDED
         assert_strictly_increasing(events)
+
+
+async def test_a_replay_from_the_store_gives_the_latest_progress_not_a_backlog(runner):
+    stub = runner.stub
+    run = await stub.SubmitRun(diagnostic(ticks=300, tick_s=0.002, log_every=100), timeout=5)
+    await events_of(stub, run.run_id)  # until it ends: the replays below come from the store
+    stored = await runner.app.store.list_events(run.run_id, 0, None, 10_000)
+    assert sum(e.kind == "progress" for e in stored) > 3, "progress was stored as the run went"
+    replayed = await events_of(stub, run.run_id)
+    progress = [e for e in replayed if e.WhichOneof("event") == "progress"]
+    assert len(progress) == 1 and progress[0].progress.done == 300  # where the run got to
+    assert logs(replayed) == ["tick 100", "tick 200", "tick 300"]
+    assert_strictly_increasing(replayed)
+
+
+async def test_a_thousand_watchers_opened_at_once_on_a_busy_run_all_follow_it(runner):
+    stub = runner.stub
+    run = await stub.SubmitRun(diagnostic(ticks=6000, tick_s=0.01), timeout=5)
+    await wait_for_state(stub, run.run_id, pb.RUNNING)
+    calls = [stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id), timeout=60) for _ in range(1000)]
+    try:
+        firsts = await asyncio.gather(*(call.read() for call in calls), return_exceptions=True)
+        failed = [f.code() for f in firsts if isinstance(f, grpc.aio.AioRpcError)]
+        assert not failed, f"{len(failed)} watchers failed: {set(failed)}"
+        assert all(f.seq == 1 for f in firsts)
+        seconds = [await call.read() for call in calls[:5]]
+        assert all(event.seq > 1 for event in seconds)
+    finally:
+        for call in calls:
+            call.cancel()
+        await stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id), timeout=5)
+
+
+async def test_a_burst_of_calls_past_grpcs_own_pending_limit_is_answered_not_cut(runner):
+    # gRPC refuses a share of the calls a server has not taken up yet past 1,000
+    # (CANCELLED, before any handler runs) unless the server raises the limit.
+    async def watch_unknown() -> grpc.StatusCode:
+        try:
+            async for _ in runner.stub.WatchRun(pb.WatchRunRequest(run_id=uuid.uuid4().hex), timeout=60):
+                pass
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    codes = collections.Counter(await asyncio.gather(*(watch_unknown() for _ in range(2000))))
+    # NOT_FOUND, or UNAVAILABLE (retryable) when the database reads are all busy
+    assert set(codes) <= {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE}, codes
+    assert codes[grpc.StatusCode.NOT_FOUND] > 1000

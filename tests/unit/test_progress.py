@@ -5,7 +5,8 @@ import asyncio
 import pytest
 
 from protos.runner.v1 import runner_pb2 as pb
-from runner_service.progress import RunChannel, Subscription
+from runner_service import progress as progress_mod
+from runner_service.progress import Pacer, RunChannel, Subscription
 
 
 def progress(seq: int, done: int) -> pb.RunEvent:
@@ -117,3 +118,52 @@ async def test_progress_is_paced_to_the_latest_and_other_events_are_not_held():
     sub.push(progress(8, 8))
     sub.close()
     assert await drain(sub) == [8]
+
+
+def test_the_budget_slows_every_watcher_once_many_watch():
+    pacer = Pacer(budget=100.0, adaptive=False)
+    assert pacer.period(0.01) == 0.01
+    for _ in range(10):
+        pacer.joined()
+    assert pacer.period(0.01) == pytest.approx(0.1)  # ten watchers share 100 a second
+    assert pacer.period(0.5) == 0.5  # a slower own pace stays
+    pacer.left(10)
+    assert pacer.period(0.01) == 0.01
+
+
+async def test_the_pace_slows_while_the_event_loop_lags_and_recovers_after():
+    import time
+
+    pacer = Pacer()
+    channel = RunChannel("r", last_seq=1, max_pending=10, pacer=pacer)
+    _, _, sub = channel.subscribe(1)
+    assert pacer.period(0.01) == 0.01
+    for _ in range(3):  # the loop held up three times, past the lag limit
+        await asyncio.sleep(Pacer.PROBE_S / 2)
+        time.sleep(2 * Pacer.PROBE_S)
+    await asyncio.sleep(0)
+    assert pacer.period(0.01) >= 2 * Pacer.MIN_SLOW_PERIOD_S
+    for _ in range(100):  # bounded: eases back once the loop keeps time
+        if pacer.period(0.01) == 0.01:
+            break
+        await asyncio.sleep(Pacer.PROBE_S)
+    assert pacer.period(0.01) == 0.01
+    channel.unsubscribe(sub)
+    assert pacer.watchers == 0
+
+
+async def test_while_progress_flows_the_one_after_the_pace_goes_out_not_the_held_one(monkeypatch):
+    monkeypatch.setattr(progress_mod.random, "random", lambda: 0.5)  # the pace without its jitter
+    sub = Subscription(max_pending=100, progress_interval=0.3)
+    loop = asyncio.get_running_loop()
+    sub.push(progress(1, 1))
+    assert (await asyncio.wait_for(sub.next(), 1)).seq == 1
+    sent = loop.time()
+    waiter = asyncio.ensure_future(sub.next())
+    sub.push(progress(2, 2))
+    await asyncio.sleep(0.02)
+    sub.push(progress(3, 3))  # arrives while 2 is held: progress flows
+    await asyncio.sleep(max(0.0, sent + 0.4 - loop.time()))  # the pace (0.3 s) is over
+    assert not waiter.done()  # waiting for the next one rather than sending 3
+    sub.push(progress(4, 4))
+    assert (await asyncio.wait_for(waiter, 1)).seq == 4
