@@ -57,6 +57,9 @@ class Claims:
                 endings.CANCELLED_LOST,
                 self._settings.replica,
             )
+            for record in moved:
+                reason = endings.reason_of(record, endings.REQUEUED_RESTART, endings.RESTARTED, endings.CANCELLED_LOST)
+                self._scheduler.observer.run_moved(record, reason)
             if moved:
                 log.warning(
                     "runs left running by a previous process of this replica recovered",
@@ -161,7 +164,8 @@ class Claims:
             await asyncio.sleep(self._settings.claim_poll_s)
             scheduler.dispatch()
             try:
-                await self._store.coordinate(coordination.expire_queued, 100, endings.EXPIRED)
+                for record in await self._store.coordinate(coordination.expire_queued, 100, endings.EXPIRED):
+                    scheduler.observer.run_moved(record, endings.EXPIRED.reason)
                 if not scheduler.running:
                     continue
                 asked = await self._store.coordinate(coordination.cancels_for, self._settings.replica)
@@ -175,9 +179,11 @@ class Claims:
     async def cancel_elsewhere(self, run_id: str) -> RunRecord:
         """Cancel a run this replica does not hold: a queued one ends CANCELLED in
         the database now; a running one is flagged and its owner notified."""
-        record, tell_owner = await self._store.coordinate(coordination.cancel, run_id, endings.CANCELLED_QUEUED)
+        record, tell_owner, ended = await self._store.coordinate(coordination.cancel, run_id, endings.CANCELLED_QUEUED)
         if record is None:
             raise errors.NotFound(f"run {run_id!r} not found")
+        if ended:
+            self._scheduler.observer.run_moved(record, endings.CANCELLED_QUEUED.reason)
         if tell_owner and record.replica == self._settings.replica:
             self._cancel_owned(run_id)  # claimed here a moment ago
         self._scheduler.watching.wake(run_id)

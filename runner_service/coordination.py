@@ -156,10 +156,11 @@ def _move(
     return record
 
 
-def cancel(conn: sa.Connection, run_id: str, cancelled: EventFactory) -> tuple[RunRecord | None, bool]:
+def cancel(conn: sa.Connection, run_id: str, cancelled: EventFactory) -> tuple[RunRecord | None, bool, bool]:
     """Cancel a run this replica does not hold: a QUEUED run ends CANCELLED in this
     transaction; a RUNNING one is flagged and its owner notified. Returns the run
-    as it is now (None if unknown) and whether its owner must be told.
+    as it is now (None if unknown), whether its owner must be told, and whether
+    this call ended it.
 
     The first statement writes (and on PostgreSQL locks the row), so a claim in
     flight either took the run before (it is RUNNING: its owner is told) or finds
@@ -172,14 +173,14 @@ def cancel(conn: sa.Connection, run_id: str, cancelled: EventFactory) -> tuple[R
     ).first()
     if flagged is None:
         row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
-        return (record_of(row) if row is not None else None), False
+        return (record_of(row) if row is not None else None), False, False
     record = record_of(flagged)
     if record.state == RunState.QUEUED:
         _move(conn, record, RunState.CANCELLED, cancelled, db_now_us(conn))
         notify(conn, CHANNEL_EVENTS, [run_id])
-        return record, False
+        return record, False, True
     notify(conn, CHANNEL_CANCEL, [run_id])
-    return record, True
+    return record, True, False
 
 
 def cancels_for(conn: sa.Connection, replica: str) -> list[str]:

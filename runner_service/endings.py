@@ -55,3 +55,8 @@ CANCELLED_LOST = Move(RunState.CANCELLED, "client request", "run stopped: client
 EXPIRED = Move(RunState.DEADLINE_EXCEEDED, "deadline", "run stopped: deadline")
 RESTARTED = Move(RunState.INTERRUPTED, "runner restarted", "the runner process stopped while the run was running")
 REQUEUED_RESTART = Move(RunState.QUEUED, "runner restarted; run queued again")
+
+
+def reason_of(record: RunRecord, *moves: Move) -> str:
+    """The reason of the move (one of `moves`) that gave the run its present state."""
+    return next((move.reason for move in moves if move.state == record.state), "")

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 
 from runner_service import coordination, endings
+from runner_service.metrics import Observer
 from runner_service.store import Store, StoreError, now_us
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,11 @@ class Membership:
         store: Store,
         on_lease_lost: Callable[[], None],
         supervise: Callable[[asyncio.Task], None],
+        observer: Observer | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
+        self._observer = observer if observer is not None else Observer()  # told of the runs a round moves
         self._on_lease_lost = on_lease_lost
         self._supervise = supervise  # told when a task of ours dies
         self.name = settings.replica
@@ -168,6 +171,9 @@ class Membership:
                     endings.LOST,
                     endings.CANCELLED_LOST,
                 )
+                for record in moved:
+                    reason = endings.reason_of(record, endings.REQUEUED, endings.LOST, endings.CANCELLED_LOST)
+                    self._observer.run_moved(record, reason)
                 if moved:
                     requeued = sum(1 for r in moved if not r.state.terminal)
                     rounds.rescued += len(moved)
@@ -180,6 +186,8 @@ class Membership:
                     break
             expired = await store.coordinate(coordination.expire_queued, RESCUE_BATCH, endings.EXPIRED)
             rounds.expired += len(expired)
+            for record in expired:
+                self._observer.run_moved(record, endings.EXPIRED.reason)
             if settings.retention_s > 0:
                 before = now_us() - int(settings.retention_s * 1e6)
                 rounds.pruned += await store.coordinate(coordination.prune, before, settings.prune_batch)

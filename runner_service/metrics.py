@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from runner_service import logs
+from runner_service import convert, logs
 from runner_service.runs import TERMINAL, RunState
 
 if TYPE_CHECKING:
@@ -120,6 +120,14 @@ class Observer:
         """A run held here went back to the database's queue (QUEUED, for any replica)."""
         extra = {"run_id": record.run_id, "kind": record.kind, "attempt": record.attempt, "reason": reason}
         run_log.info("run requeued", extra=extra)
+
+    def run_moved(self, record: RunRecord, reason: str) -> None:
+        """A transaction of this replica moved a run it did not hold (the queue in the
+        database): a queued one ended, or a lost replica's run ended or went back to the queue."""
+        if record.state.terminal:
+            self.run_finished(record, convert.state_event(record.run_id, 0, 0, record.state, None, reason).state_change)
+        elif record.state == RunState.QUEUED:
+            self.run_requeued(record, reason)
 
     def run_finished(self, record: RunRecord, change: pb.StateChange) -> None:
         """A run's final state was stored (``record`` holds it; ``change`` is its final event)."""

@@ -77,7 +77,8 @@ class Scheduler:
     ) -> None:
         self._settings = settings
         # Told of every run transition (a log line each, and metrics when they are on).
-        self._observer = observer if observer is not None else Observer()
+        # What the runner's parts report run transitions to (logs, and metrics when on).
+        self.observer = observer if observer is not None else Observer()
         self._store = store
         self._hub = hub
         if job_targets is None:
@@ -104,7 +105,7 @@ class Scheduler:
         self.journal = Journal(
             settings, store, self.pool, lambda: self._live.values(), self._fence, self._taken_over_running
         )
-        self.watching = Watching(settings, store, hub, self._observer)
+        self.watching = Watching(settings, store, hub, self.observer)
         self._queue: collections.deque[LiveRun] = collections.deque()
         self._live: dict[str, LiveRun] = {}
         self._by_token: dict[int, LiveRun] = {}
@@ -282,7 +283,7 @@ class Scheduler:
             self._reserved -= 1
         if not created:
             return stored, False
-        self._observer.run_submitted(stored)
+        self.observer.run_submitted(stored)
         if self._shared:  # whichever replica has a free worker claims it
             self.dispatch()
             return dataclasses.replace(stored, labels=dict(stored.labels)), True
@@ -393,7 +394,7 @@ class Scheduler:
         live.last_beat = self.loop.time()
         self._by_token[token] = live
         if record.state == RunState.RUNNING:  # claimed from the database: stored RUNNING with its event
-            self._observer.run_started(record, worker.id, worker.process.pid)
+            self.observer.run_started(record, worker.id, worker.process.pid)
             return
         now = now_us()
         previous = record.state
@@ -407,7 +408,7 @@ class Scheduler:
         # it runs again after restart rather than ending INTERRUPTED.
         self.journal.state_behind(live, event, changes)
         live.channel.publish(event)
-        self._observer.run_started(record, worker.id, worker.process.pid)
+        self.observer.run_started(record, worker.id, worker.process.pid)
 
     def _handover_failed(self, live: LiveRun, why: str) -> None:
         """The run never reached its worker: queue it again at the head, or end it
@@ -539,7 +540,7 @@ class Scheduler:
             return
         if live.cancel_reason is None:
             live.cancel_reason = reason
-            self._observer.run_cancel_requested(live.record, reason.value)
+            self.observer.run_cancel_requested(live.record, reason.value)
         record = live.record
         if not record.cancel_requested:
             record.cancel_requested = True
@@ -684,7 +685,7 @@ class Scheduler:
         for event in to_publish:
             channel.publish(event)
         channel.mark_persisted(to_publish[-1].seq)
-        self._observer.run_finished(record, to_publish[-1].state_change)
+        self.observer.run_finished(record, to_publish[-1].state_change)
         self._release_live(live)
         if not live.done.done():
             live.done.set_result(record.state)
@@ -741,7 +742,7 @@ class Scheduler:
             if not f.cancelled() and f.exception() is None:
                 record.state, record.attempt, record.replica = RunState.QUEUED, attempt, ""
                 record.cancel_requested = False
-                self._observer.run_requeued(record, reason)
+                self.observer.run_requeued(record, reason)
                 live.channel.publish(event)
                 live.channel.mark_persisted(event.seq)
             self._release_live(live, aborted=True)

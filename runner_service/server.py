@@ -67,7 +67,7 @@ class RunnerApp:
         self.scheduler = Scheduler(settings, self.store, self.hub, job_targets, observer=observer)
         # Replicas on one database: a lease, the leader's lock and its rounds.
         self.membership = (
-            Membership(settings, self.store, self.scheduler.abandon, self.scheduler.supervise)
+            Membership(settings, self.store, self.scheduler.abandon, self.scheduler.supervise, self.scheduler.observer)
             if settings.queue_in_database
             else None
         )

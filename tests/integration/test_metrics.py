@@ -121,6 +121,36 @@ async def test_runs_move_the_counters_gauges_and_histograms(start_runner):
         assert got.value("runner_store_held_writes") == 0
 
 
+async def test_runs_ended_in_the_database_without_their_owner_are_counted_and_logged(start_runner, caplog):
+    # With the queue in the database a queued run is ended by a transaction (its own
+    # timeout, a cancel), not by a replica that holds it: it still counts, and logs.
+    caplog.set_level("INFO", logger="runner_service.runs")
+    async with start_runner(metrics_listen=METRICS, workers=1, shared_queue="on", claim_poll_s=0.2) as running:
+        port, stub = running.app.metrics_port, running.stub
+        long = await stub.SubmitRun(diagnostic(ticks=10_000, tick_s=0.01), timeout=5)
+        await wait_for_state(stub, long.run_id, pb.RUNNING)
+        expiring = await stub.SubmitRun(diagnostic(ticks=0, timeout=0.3), timeout=5)  # the only worker is busy
+        cancelled = await stub.SubmitRun(diagnostic(ticks=0), timeout=5)
+        gone = await stub.CancelRun(pb.CancelRunRequest(run_id=cancelled.run_id), timeout=5)
+        assert gone.state == pb.CANCELLED
+        assert final_state(await events_of(stub, expiring.run_id)) == pb.DEADLINE_EXCEEDED
+        got = await until(
+            port, lambda s: s.value("runner_runs_finished_total", kind="diagnostic", state="DEADLINE_EXCEEDED") == 1
+        )
+        assert got.value("runner_runs_finished_total", kind="diagnostic", state="CANCELLED") == 1
+        assert got.value("runner_run_duration_seconds_count", kind="diagnostic") == 0  # neither started
+        await stub.CancelRun(pb.CancelRunRequest(run_id=long.run_id), timeout=5)
+    ended = {
+        (record.run_id, record.state, record.reason)
+        for record in caplog.records
+        if record.getMessage() == "run finished" and record.run_id in (expiring.run_id, cancelled.run_id)
+    }
+    assert ended == {
+        (expiring.run_id, "DEADLINE_EXCEEDED", "deadline"),
+        (cancelled.run_id, "CANCELLED", "client request"),
+    }
+
+
 async def test_a_retried_submission_is_not_counted_twice(start_runner):
     async with start_runner(metrics_listen=METRICS) as running:
         request = diagnostic(ticks=0, request_id="same-submission")
