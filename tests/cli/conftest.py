@@ -6,6 +6,7 @@ import dataclasses
 import os
 import pathlib
 import re
+import subprocess
 import sys
 
 import pexpect
@@ -49,6 +50,14 @@ class Cli:
             codec_errors="replace",
             dimensions=(40, 120),
         )
+
+    def run_piped(self, *args: str, timeout_s: float = 30, **env: str) -> tuple[str, int]:
+        """Run to the end as a script would, stdout in a pipe: (stdout, exit status).
+        Standard error (where gRPC core may write a line of its own) is kept apart."""
+        done = subprocess.run(
+            [str(RUNNER_CLI), *args], env=self.env(**env), capture_output=True, text=True, timeout=timeout_s
+        )
+        return done.stdout, done.returncode
 
     def run(self, *args: str, timeout_s: float = 30, **env: str) -> tuple[str, int]:
         """Run to the end in a pseudo-terminal: (output without escapes, exit status)."""

@@ -128,7 +128,8 @@ def test_usage_errors_exit_2(cli):
 
 
 def test_json_output_parses_for_run_submit_get_list_cancel_and_scenarios(cli):
-    text, status = cli.run("run", "diagnostic", "--ticks", "5", "--log-every", "1", "--json")
+    # As a script reads it: standard output holds JSON lines and nothing else.
+    text, status = cli.run_piped("run", "diagnostic", "--ticks", "5", "--log-every", "1", "--json")
     assert status == exits.OK, text
     events = [json_format.ParseDict(line, pb.RunEvent()) for line in json_lines(text)]
     assert events[0].state_change.state == pb.QUEUED and events[-1].state_change.state == pb.SUCCEEDED
@@ -136,23 +137,23 @@ def test_json_output_parses_for_run_submit_get_list_cancel_and_scenarios(cli):
     assert [e.seq for e in events] == sorted({e.seq for e in events})
 
     args = ["submit", "diagnostic", "--ticks", "6000", "--tick-ms", "10", "--label", "team=red"]
-    text, status = cli.run(*args, "--request-id", "cli-json-1", "--json")
+    text, status = cli.run_piped(*args, "--request-id", "cli-json-1", "--json")
     assert status == exits.OK, text
     submitted = json_format.ParseDict(json_lines(text)[0], pb.Run())
     assert submitted.request_id == "cli-json-1" and dict(submitted.labels) == {"team": "red"}
-    text, _ = cli.run(*args, "--request-id", "cli-json-1", "--json")  # the same submission: the same run
+    text, _ = cli.run_piped(*args, "--request-id", "cli-json-1", "--json")  # the same submission: the same run
     assert json_lines(text)[0]["runId"] == submitted.run_id
 
-    text, status = cli.run("get", submitted.run_id, "--json")
+    text, status = cli.run_piped("get", submitted.run_id, "--json")
     assert status == exits.OK and json_format.ParseDict(json_lines(text)[0], pb.Run()).run_id == submitted.run_id
-    text, status = cli.run("cancel", submitted.run_id, "--json")
+    text, status = cli.run_piped("cancel", submitted.run_id, "--json")
     assert status == exits.OK and json_format.ParseDict(json_lines(text)[0], pb.Run()).cancel_requested
-    text, status = cli.run("list", "--json", "--limit", "3")
+    text, status = cli.run_piped("list", "--json", "--limit", "3")
     listed = [json_format.ParseDict(line, pb.Run()) for line in json_lines(text)]
     assert status == exits.OK and len(listed) == 3 and listed[0].run_id == submitted.run_id
-    text, status = cli.run("list", "--json", "--kind", "diagnostic", "--state", "succeeded", "--page-size", "1")
+    text, status = cli.run_piped("list", "--json", "--kind", "diagnostic", "--state", "succeeded", "--page-size", "1")
     assert status == exits.OK and all(line["state"] == "SUCCEEDED" for line in json_lines(text))
-    text, status = cli.run("scenarios", "--json")
+    text, status = cli.run_piped("scenarios", "--json")
     answer = json_format.ParseDict(json_lines(text)[0], pb.ListScenariosResponse())
     assert status == exits.OK and "duel" in {s.name for s in answer.scenarios}
 
