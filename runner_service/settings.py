@@ -39,7 +39,7 @@ class Settings:
     watch_progress_interval_s: float = 0.01
     # All watchers together get at most this many progress events a second (the pace of
     # each slows when many watch); 0 sets no bound.
-    watch_progress_budget_per_s: float = 10000.0
+    watch_progress_budget_per_s: float = 5000.0
     # Calls the gRPC server holds before taking them up; past it, then past twice it, gRPC
     # refuses new ones (CANCELLED), first some, then all.
     max_pending_calls: int = 4096
