@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from google.protobuf import struct_pb2
 
 from protos.runner.v1 import runner_pb2 as pb
-from runner_service import convert, coordination, errors, ipc, jobs
+from runner_service import convert, coordination, endings, errors, ipc, jobs
 from runner_service.claims import HEAVY_KINDS, Claims
 from runner_service.endings import final_error
 from runner_service.journal import Journal
@@ -386,8 +386,7 @@ class Scheduler:
         except Exception as exc:
             log.exception("cannot hand a run to a worker", extra={"run_id": record.run_id})
             self.pool.release(worker)
-            error = final_error(RunState.FAILED, f"the run's parameters cannot be handed to a worker: {exc}")
-            self._finish(live, RunState.FAILED, "bad job parameters", error=error)
+            self._end(live, endings.Unhandable(str(exc)))
             return
         live.token = token
         live.worker = worker
@@ -419,16 +418,10 @@ class Scheduler:
             extra={"run_id": live.record.run_id, "attempt": live.handover_failures, "why": why},
         )
         if live.handover_failures >= MAX_HANDOVER_ATTEMPTS:
-            message = f"the run could not be handed to a worker ({live.handover_failures} attempts): {why}"
-            self._finish(
-                live,
-                RunState.FAILED,
-                "hand-over failed",
-                error=final_error(RunState.FAILED, message, "HANDOVER_FAILED"),
-            )
+            self._end(live, endings.HandoverFailed(live.handover_failures, why))
             return
         if live.cancel_reason is not None:
-            self._finish_stopped(live, live.cancel_reason)
+            self._end(live, endings.NotStarted())
             return
         record = live.record
         if record.state == RunState.RUNNING and not self._shared:  # published RUNNING: say it waits again
@@ -470,14 +463,13 @@ class Scheduler:
         elif isinstance(msg, ipc.Done):
             result = struct_pb2.Struct()
             result.ParseFromString(msg.result)
-            self._finish(live, RunState.SUCCEEDED, "completed", result=result)
+            self._end(live, endings.JobDone(result))
         elif isinstance(msg, ipc.Cancelled):
-            self._finish_stopped(live, live.cancel_reason or CancelReason.CLIENT_REQUEST)
+            self._end(live, endings.JobStopped())
         elif isinstance(msg, ipc.Failed):
             if msg.detail:
                 log.warning("job failed", extra={"run_id": record.run_id, "reason": msg.reason, "detail": msg.detail})
-            error = final_error(RunState.FAILED, msg.message, msg.reason)
-            self._finish(live, RunState.FAILED, "job failed", error=error)
+            self._end(live, endings.JobFailed(msg.reason, msg.message))
 
     def _on_worker_exit(self, worker: Worker) -> None:
         live = self._by_token.get(worker.token)
@@ -493,21 +485,7 @@ class Scheduler:
             self._handover_failed(live, worker.failure or f"the worker exited (code {worker.process.exitcode})")
             self.dispatch()
             return
-        if live.cancel_reason is CancelReason.WORKER_LOST:
-            message = f"the worker sent no heartbeat for {self._settings.heartbeat_timeout_s:g} s and was killed"
-            self._finish(
-                live, RunState.FAILED, "worker lost", error=final_error(RunState.FAILED, message, "WORKER_LOST")
-            )
-        elif worker.failure is not None:
-            error = final_error(RunState.FAILED, f"the run's worker was replaced: {worker.failure}", "WORKER_PROTOCOL")
-            self._finish(live, RunState.FAILED, "worker replaced", error=error)
-        elif worker.killed and live.cancel_reason is not None:
-            self._finish_stopped(live, live.cancel_reason, " (the job ignored cancellation; its worker was killed)")
-        else:
-            error = final_error(
-                RunState.FAILED, f"the worker process died (exit code {worker.process.exitcode})", "WORKER_CRASHED"
-            )
-            self._finish(live, RunState.FAILED, "worker crashed", error=error)
+        self._end(live, endings.WorkerGone(worker.process.exitcode, worker.killed, worker.failure))
 
     # ------------------------------------------------------------ cancellation
 
@@ -546,7 +524,7 @@ class Scheduler:
             record.cancel_requested = True
             self._store.write(record.run_id, {"cancel_requested": True})
         if live.worker is None:  # still queued
-            self._finish_stopped(live, live.cancel_reason)
+            self._end(live, endings.NotStarted())
             return
         self.pool.cancel(live.worker, live.token)
         if live.kill_handle is None:
@@ -602,18 +580,19 @@ class Scheduler:
 
     # ------------------------------------------------------------ the end of a run
 
-    def _finish_stopped(self, live: LiveRun, reason: CancelReason, note: str = "") -> None:
-        """End a run stopped for `reason` in the state that reason stands for (a run
-        stopped by this replica's shutdown that allows another attempt goes back to
-        the queue of the other replicas instead)."""
-        if self._shared and reason is CancelReason.SHUTDOWN and live.record.attempt < live.record.max_attempts:
+    def _end(self, live: LiveRun, ending: endings.Ending) -> None:
+        """End a run held here as endings.outcome() decides from what happened to it
+        and why it was being stopped. A run stopped by this replica's shutdown that
+        allows another attempt goes back to the other replicas' queue instead."""
+        decided = endings.outcome(ending, live.cancel_reason, self._settings.heartbeat_timeout_s)
+        record = live.record
+        if self._shared and decided.stopped_for is CancelReason.SHUTDOWN and record.attempt < record.max_attempts:
             self._requeue(live, "replica shutting down; run queued again", count_attempt=live.token != 0)
             return
-        state = reason.final_state
-        self._finish(live, state, reason.value, error=final_error(state, f"run stopped: {reason.value}{note}"))
+        self._finish(live, decided.state, decided.reason, result=decided.result, error=decided.error)
 
     def _finish(self, live: LiveRun, state: RunState, reason: str, result=None, error=None) -> None:
-        """The single place a run gets its final state: persist it, then publish it.
+        """Where a run gets the final state _end() decided: persist it, then publish it.
 
         Nobody learns the final state before the store holds it: the record keeps
         its stored state, and the result and terminal events wait, until the
