@@ -189,7 +189,7 @@ async def test_two_replicas_started_together_on_an_empty_database_come_up(spawn,
     if not base:
         pytest.skip("no PostgreSQL server (run scripts/test)")
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    names = [f"together_{os.getpid()}_{i}" for i in range(6)]  # it failed 2 times in 4 before the lock
+    names = [f"together_{os.getpid()}_{i}" for i in range(10)]  # 10 tries of 10
     try:
         for name in names:
             with admin.connect() as conn:
