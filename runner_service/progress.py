@@ -48,6 +48,7 @@ class Pacer:
     PROBE_S = 0.05
     LAG_LIMIT_S = 0.01
     MIN_SLOW_PERIOD_S = 0.02
+    MIN_BUDGET_PERIOD_S = 0.005
     MAX_SLOW_PERIOD_S = 1.0
 
     def __init__(self, budget: float = 0.0, adaptive: bool = True) -> None:
@@ -59,8 +60,10 @@ class Pacer:
     def period(self, interval: float) -> float:
         """The pace of one watcher whose own interval is `interval`."""
         period = max(interval, self.slow_period)
-        if self.budget > 0 and self.watchers > 0:
-            period = max(period, self.watchers / self.budget)
+        if self.budget > 0:
+            share = self.watchers / self.budget
+            if share >= self.MIN_BUDGET_PERIOD_S:  # a few watchers: no pace of the budget's own
+                period = max(period, share)
         return period
 
     def joined(self) -> None:

@@ -509,41 +509,54 @@ class SqlStore(store.Store):
             by_columns.setdefault(tuple(sorted(values)), []).append(params)
         for columns, rows in by_columns.items():
             conn.execute(_update_statement(columns), rows)
-        for op in fenced:  # after the batch's other writes, which come before them
-            touched |= self._apply_fenced(conn, op)
+        if fenced:  # after the batch's other writes, which come before them
+            touched |= self._apply_fenced(conn, fenced)
         schema.bump(conn, touched)
         self._touched |= touched
 
-    def _apply_fenced(self, conn: sa.Connection, op: _Op) -> set[str]:
-        """A write that holds only while the run is RUNNING on op.fence's replica and
+    def _apply_fenced(self, conn: sa.Connection, ops: list[_Op]) -> set[str]:
+        """Writes that hold only while their run is RUNNING on the fence's replica and
         attempt: a replica whose lease expired must not overwrite what the leader
-        (or the run's next owner) stored. Refused with RunTakenOver otherwise.
-        Returns the summary sections it changed."""
-        op.error = None
-        replica, attempt = op.fence
-        values = dict(op.changes or {})
-        if "state" in values:
-            values["state"] = int(values["state"])
-        if op.events:
-            values["last_seq"] = max(ev.seq for ev in op.events)
-        done = conn.execute(
-            sa.update(runs)
-            .where(
-                runs.c.run_id == op.run_id,
-                runs.c.state == int(RunState.RUNNING),
-                runs.c.replica == replica,
-                runs.c.attempt == attempt,
+        (or the run's next owner) stored. Refused with RunTakenOver otherwise. The
+        writes of one run in the batch go together (one update, one insert).
+        Returns the summary sections they changed."""
+        groups: dict[tuple[str, tuple[str, int]], list[_Op]] = {}
+        for op in ops:
+            assert op.fence is not None
+            groups.setdefault((op.run_id, op.fence), []).append(op)
+        touched: set[str] = set()
+        with_events = []
+        for (run_id, (replica, attempt)), group in groups.items():
+            values: dict = {}
+            events = []
+            for op in group:
+                op.error = None
+                values.update(op.changes or {})
+                events.extend(op.events)
+            if "state" in values:
+                values["state"] = int(values["state"])
+            values["last_seq"] = max(ev.seq for ev in events) if events else runs.c.last_seq
+            done = conn.execute(
+                sa.update(runs)
+                .where(
+                    runs.c.run_id == run_id,
+                    runs.c.state == int(RunState.RUNNING),
+                    runs.c.replica == replica,
+                    runs.c.attempt == attempt,
+                )
+                .values(**values)
             )
-            .values(**values)
-        )
-        if not done.rowcount:
-            op.error = store.RunTakenOver(f"run {op.run_id} is no longer held by {replica} (attempt {attempt})")
-            return set()
-        if op.events:
-            conn.execute(sa.insert(run_events), [event_row(ev) for ev in op.events])
-            if self._notify:
-                coordination.notify(conn, coordination.CHANNEL_EVENTS, [op.run_id])
-        return _sections_of(values)
+            if not done.rowcount:
+                for op in group:
+                    op.error = store.RunTakenOver(f"run {run_id} is no longer held by {replica} (attempt {attempt})")
+                continue
+            if events:
+                conn.execute(sa.insert(run_events), [event_row(ev) for ev in events])
+                with_events.append(run_id)
+            touched |= _sections_of(values)
+        if with_events and self._notify:
+            coordination.notify(conn, coordination.CHANNEL_EVENTS, with_events)
+        return touched
 
     def _apply_submits(self, conn: sa.Connection, submits: list[_Op]) -> None:
         waiting = None
