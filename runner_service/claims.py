@@ -57,9 +57,9 @@ class Claims:
                 endings.CANCELLED_LOST,
                 self._settings.replica,
             )
-            for record in moved:
-                reason = endings.reason_of(record, endings.REQUEUED_RESTART, endings.RESTARTED, endings.CANCELLED_LOST)
-                self._scheduler.observer.run_moved(record, reason)
+            self._scheduler.observer.runs_moved(
+                moved, endings.REQUEUED_RESTART, endings.RESTARTED, endings.CANCELLED_LOST
+            )
             if moved:
                 log.warning(
                     "runs left running by a previous process of this replica recovered",
@@ -164,8 +164,8 @@ class Claims:
             await asyncio.sleep(self._settings.claim_poll_s)
             scheduler.dispatch()
             try:
-                for record in await self._store.coordinate(coordination.expire_queued, 100, endings.EXPIRED):
-                    scheduler.observer.run_moved(record, endings.EXPIRED.reason)
+                expired = await self._store.coordinate(coordination.expire_queued, 100, endings.EXPIRED)
+                scheduler.observer.runs_moved(expired, endings.EXPIRED)
                 if not scheduler.running:
                     continue
                 asked = await self._store.coordinate(coordination.cancels_for, self._settings.replica)
@@ -183,7 +183,7 @@ class Claims:
         if record is None:
             raise errors.NotFound(f"run {run_id!r} not found")
         if ended:
-            self._scheduler.observer.run_moved(record, endings.CANCELLED_QUEUED.reason)
+            self._scheduler.observer.runs_moved([record], endings.CANCELLED_QUEUED)
         if tell_owner and record.replica == self._settings.replica:
             self._cancel_owned(run_id)  # claimed here a moment ago
         self._scheduler.watching.wake(run_id)

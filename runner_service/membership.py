@@ -171,9 +171,7 @@ class Membership:
                     endings.LOST,
                     endings.CANCELLED_LOST,
                 )
-                for record in moved:
-                    reason = endings.reason_of(record, endings.REQUEUED, endings.LOST, endings.CANCELLED_LOST)
-                    self._observer.run_moved(record, reason)
+                self._observer.runs_moved(moved, endings.REQUEUED, endings.LOST, endings.CANCELLED_LOST)
                 if moved:
                     requeued = sum(1 for r in moved if not r.state.terminal)
                     rounds.rescued += len(moved)
@@ -186,8 +184,7 @@ class Membership:
                     break
             expired = await store.coordinate(coordination.expire_queued, RESCUE_BATCH, endings.EXPIRED)
             rounds.expired += len(expired)
-            for record in expired:
-                self._observer.run_moved(record, endings.EXPIRED.reason)
+            self._observer.runs_moved(expired, endings.EXPIRED)
             if settings.retention_s > 0:
                 before = now_us() - int(settings.retention_s * 1e6)
                 rounds.pruned += await store.coordinate(coordination.prune, before, settings.prune_batch)

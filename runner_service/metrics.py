@@ -24,7 +24,7 @@ import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -32,7 +32,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from runner_service import convert, logs
+from runner_service import convert, endings, logs
+from runner_service.endings import Move
 from runner_service.runs import TERMINAL, RunState
 
 if TYPE_CHECKING:
@@ -121,13 +122,17 @@ class Observer:
         extra = {"run_id": record.run_id, "kind": record.kind, "attempt": record.attempt, "reason": reason}
         run_log.info("run requeued", extra=extra)
 
-    def run_moved(self, record: RunRecord, reason: str) -> None:
-        """A transaction of this replica moved a run it did not hold (the queue in the
-        database): a queued one ended, or a lost replica's run ended or went back to the queue."""
-        if record.state.terminal:
-            self.run_finished(record, convert.state_event(record.run_id, 0, 0, record.state, None, reason).state_change)
-        elif record.state == RunState.QUEUED:
-            self.run_requeued(record, reason)
+    def runs_moved(self, records: Iterable[RunRecord], *moves: Move) -> None:
+        """A transaction of this replica moved runs it did not hold (the queue in the database),
+        each by one of `moves`: a queued one ended, or a lost replica's run ended or went back
+        to the queue."""
+        for record in records:
+            reason = endings.reason_of(record, *moves)
+            if record.state.terminal:
+                change = convert.state_event(record.run_id, 0, 0, record.state, None, reason).state_change
+                self.run_finished(record, change)
+            elif record.state == RunState.QUEUED:
+                self.run_requeued(record, reason)
 
     def run_finished(self, record: RunRecord, change: pb.StateChange) -> None:
         """A run's final state was stored (``record`` holds it; ``change`` is its final event)."""

@@ -43,7 +43,7 @@ class Pacer:
     probe measures how late a short sleep wakes: past LAG_LIMIT_S the pace doubles
     (up to MAX_SLOW_PERIOD_S), and it eases back while the loop keeps time."""
 
-    __slots__ = ("_probe", "budget", "slow_period", "watchers")
+    __slots__ = ("_adaptive", "_probe", "budget", "slow_period", "watchers")
 
     PROBE_S = 0.05
     LAG_LIMIT_S = 0.01
@@ -55,7 +55,8 @@ class Pacer:
         self.budget = budget
         self.watchers = 0
         self.slow_period = 0.0  # the pace the loop's lag asks for; 0 while it keeps time
-        self._probe: asyncio.Task | bool | None = None if adaptive else False
+        self._adaptive = adaptive
+        self._probe: asyncio.Task | None = None
 
     def period(self, interval: float) -> float:
         """The pace of one watcher whose own interval is `interval`."""
@@ -68,7 +69,7 @@ class Pacer:
 
     def joined(self) -> None:
         self.watchers += 1
-        if self._probe is None:
+        if self._adaptive and self._probe is None:
             self._probe = asyncio.get_running_loop().create_task(self._probe_lag(), name="watch-pacer")
 
     def left(self, count: int = 1) -> None:
@@ -187,7 +188,7 @@ class Subscription:
             if self._items:
                 event = self._items[0]
                 progress = is_progress(event)
-                if progress and len(self._items) == 1 and not self.closed:
+                if progress and self._progress_alone():
                     loop = asyncio.get_running_loop()
                     hold = self._next_progress_at - loop.time()
                     if hold > 0 and event.seq > self.last_seq:

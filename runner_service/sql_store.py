@@ -391,10 +391,11 @@ class SqlStore(store.Store):
     def _transaction(self, ops: list[_Op]) -> None:
         conn = self._writer_conn()
         self._touched = set()
+        committed = False
         try:
             with conn.begin():
                 self._apply(conn, ops)
-            self._deliver_notices(conn)
+            committed = True
             if self._touched and self.on_touch is not None and self._loop is not None:
                 self._loop.call_soon_threadsafe(self.on_touch, self._touched)
         except sa.exc.DBAPIError as exc:
@@ -402,7 +403,7 @@ class SqlStore(store.Store):
                 self._drop_writer_conn()
             raise
         finally:
-            _discard_notices(conn)  # a rolled-back transaction's
+            self._settle_notices(conn, committed)
 
     def _commit(self, batch: list[_Op]) -> list[_Op]:
         """Commit a batch; resolve what is settled; return the writes to hold."""
@@ -655,23 +656,27 @@ class SqlStore(store.Store):
         if conn is None or conn.invalidated or conn.closed:
             conn = self._local.conn = self.engine.connect()
             self._reader_conns.append(conn)
+        committed = False
         try:
             with conn.begin():
                 result = fn(conn, *args)
-            self._deliver_notices(conn)
+            committed = True
             return result
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
                 self._local.conn = None
             raise
         finally:
-            _discard_notices(conn)  # a rolled-back transaction's
+            self._settle_notices(conn, committed)
 
-    def _deliver_notices(self, conn: sa.Connection) -> None:
-        """After a commit on a database without NOTIFY (SQLite, held by this runner
-        alone): hand the transaction's notices to this process's listener."""
+    def _settle_notices(self, conn: sa.Connection, committed: bool) -> None:
+        """On a database without NOTIFY (SQLite, held by this runner alone): a
+        committed transaction's notices go to this process's listener, a rolled-back
+        one's are dropped."""
+        if conn.closed or conn.invalidated:
+            return
         notices = conn.info.pop(coordination.LOCAL_NOTICES, None)
-        if notices and self._local_listener is not None and self._loop is not None:
+        if committed and notices and self._local_listener is not None and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._local_listener, notices)
             except RuntimeError:  # the loop closed meanwhile
@@ -900,11 +905,6 @@ def _sections_of(values: dict) -> set[str]:
     if "progress_done" in values or "progress_message" in values:
         sections.add(schema.PROGRESS)
     return sections
-
-
-def _discard_notices(conn: sa.Connection) -> None:
-    if not conn.closed and not conn.invalidated:
-        conn.info.pop(coordination.LOCAL_NOTICES, None)
 
 
 def _is_transient(exc: BaseException) -> bool:
