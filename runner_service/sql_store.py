@@ -159,6 +159,7 @@ class SqlStore(store.Store):
         self._notify = settings.queue_in_database
         self.listener: Listener | None = None
         self._local_listener: Callable[[list[tuple[str, str]]], None] | None = None
+        self._writer_notices: list[tuple[str, str]] = []  # of the batch being committed (writer thread)
         # Told (on the event loop) which summary sections a commit touched.
         self.on_touch: Callable[[set[str]], None] | None = None
         self._touched: set[str] = set()  # by the transaction being applied (writer thread)
@@ -403,10 +404,19 @@ class SqlStore(store.Store):
                 self._drop_writer_conn()
             raise
         finally:
-            self._settle_notices(conn, committed)
+            self._writer_notices += self._settle_notices(conn, committed)
 
     def _commit(self, batch: list[_Op]) -> list[_Op]:
-        """Commit a batch; resolve what is settled; return the writes to hold."""
+        """Commit a batch; resolve what is settled; return the writes to hold. The
+        batch's in-process notices go out after its writers are told: a watcher
+        woken by them never hears of a run's end before the run's owner here does."""
+        try:
+            return self._commit_batch(batch)
+        finally:
+            notices, self._writer_notices = self._writer_notices, []
+            self._deliver_notices(notices)
+
+    def _commit_batch(self, batch: list[_Op]) -> list[_Op]:
         assert self._engine is not None
         started = time.perf_counter()
         try:
@@ -667,16 +677,20 @@ class SqlStore(store.Store):
                 self._local.conn = None
             raise
         finally:
-            self._settle_notices(conn, committed)
+            self._deliver_notices(self._settle_notices(conn, committed))
 
-    def _settle_notices(self, conn: sa.Connection, committed: bool) -> None:
+    @staticmethod
+    def _settle_notices(conn: sa.Connection, committed: bool) -> list[tuple[str, str]]:
         """On a database without NOTIFY (SQLite, held by this runner alone): a
-        committed transaction's notices go to this process's listener, a rolled-back
+        committed transaction's notices, for this process's listener; a rolled-back
         one's are dropped."""
         if conn.closed or conn.invalidated:
-            return
-        notices = conn.info.pop(coordination.LOCAL_NOTICES, None)
-        if committed and notices and self._local_listener is not None and self._loop is not None:
+            return []
+        notices = conn.info.pop(coordination.LOCAL_NOTICES, None) or []
+        return notices if committed else []
+
+    def _deliver_notices(self, notices: list[tuple[str, str]]) -> None:
+        if notices and self._local_listener is not None and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._local_listener, notices)
             except RuntimeError:  # the loop closed meanwhile
